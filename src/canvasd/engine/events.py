@@ -1,0 +1,48 @@
+"""What the engine reports about a job, in order, to whoever awaits it (the API layer)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from PIL.Image import Image
+
+
+@dataclass
+class PartialImage:
+    image_index: int  # which of the job's n images
+    partial_index: int  # 0-based, per image
+    image: "Image"
+
+
+@dataclass
+class JobFinished:
+    images: list["Image"]
+    timings: dict[str, float] = field(default_factory=dict)  # queue_s, engine_s
+
+
+@dataclass
+class JobFailed:
+    error: BaseException
+
+
+Event = PartialImage | JobFinished | JobFailed
+
+
+class EngineError(Exception):
+    """Base of the engine's refusals; the API maps each to an OpenAI error."""
+
+
+class QueueFull(EngineError):
+    def __init__(self, retry_after: float):
+        super().__init__(f"queue full, retry after {retry_after:.0f}s")
+        self.retry_after = retry_after
+
+
+class ShuttingDown(EngineError):
+    pass
+
+
+class JobTimeout(EngineError):
+    pass
