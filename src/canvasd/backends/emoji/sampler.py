@@ -1,0 +1,217 @@
+"""Step-level sampling for the emoji model: each image is an independent `EmojiSample`.
+
+Every sample owns a copy of the DPM-Solver++ scheduler, its seeded noise, its text conditioning and
+optional init image / keep-mask, so samples from different requests at different step indices can
+share one UNet forward (`EmojiPipeline.step`). Classifier-free guidance rows ([cond, uncond]) are
+added only for samples that need them (an unconditional variation needs one row, not two).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from canvasd.backends.base import Sample
+from canvasd.backends.emoji.model import (
+    ModelConfig,
+    TextCond,
+    TextEncoder,
+    build_unet,
+    from_latent,
+    model_to_rgba_uint8,
+    rgba_uint8_to_model,
+    to_latent,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from PIL.Image import Image
+
+    from canvasd.engine.jobs import Job
+
+# quality -> DPM-Solver++(2M) steps. 64 px images converge fast; measured in MODEL_CARD.md.
+QUALITY_STEPS = {"low": 8, "medium": 14, "high": 28}
+DEFAULT_GUIDANCE = 4.0
+# img2img strength when the request gives none: how much of the schedule is re-noised.
+DEFAULT_STRENGTH = {"edit": 0.75, "variation": 0.6, "inpaint": 1.0}
+
+
+def default_strength(job: "Job") -> float:
+    if job.strength is not None:
+        return float(job.strength)
+    if job.kind == "edit" and job.mask is not None:
+        return DEFAULT_STRENGTH["inpaint"]
+    return DEFAULT_STRENGTH.get(job.kind, 1.0)
+
+
+def make_scheduler(mcfg: ModelConfig):
+    from diffusers import DPMSolverMultistepScheduler
+
+    return DPMSolverMultistepScheduler(
+        **mcfg.scheduler_config(), algorithm_type="dpmsolver++", solver_order=2, lower_order_final=True
+    )
+
+
+@dataclass
+class EmojiSample(Sample):
+    latents: torch.Tensor | None = None  # (1, C, h, w) current noisy latent
+    scheduler: object = None
+    timesteps: torch.Tensor | None = None
+    cond: TextCond | None = None  # one row
+    uncond: TextCond | None = None  # one row, or None when guidance is irrelevant
+    guidance: float = 1.0
+    init_latents: torch.Tensor | None = None  # clean init (img2img / inpaint)
+    init_noise: torch.Tensor | None = None  # fixed noise for re-noising the keep region
+    keep: torch.Tensor | None = None  # (1, 1, 64, 64) pixel-space, 1 = keep original
+    keep_np: np.ndarray | None = field(default=None, repr=False)  # (64,64) bool, for the exact composite
+    init_rgba: np.ndarray | None = field(default=None, repr=False)  # (64,64,4) uint8 straight alpha
+    x0: torch.Tensor | None = None  # latest clean-image prediction (latent space)
+
+
+def load_rgba64(img: "Image", size: int) -> np.ndarray:
+    from PIL import ImageOps
+
+    return np.asarray(ImageOps.pad(img.convert("RGBA"), (size, size), color=(0, 0, 0, 0)), dtype=np.uint8)
+
+
+def load_keep_mask(mask: "Image", size: int) -> np.ndarray:
+    """Job masks are "L" with 255 = repaint; returns bool (size,size), True = keep the original."""
+    from PIL import Image as PILImage, ImageOps
+
+    m = ImageOps.pad(mask.convert("L"), (size, size), method=PILImage.Resampling.BILINEAR, color=0)
+    return np.asarray(m) < 128
+
+
+class EmojiPipeline:
+    def __init__(self, weights_dir: str | Path, config: dict):
+        self.weights_dir = Path(weights_dir)
+        self.config = config
+        self.mcfg = ModelConfig.from_dict(config["model"])
+        self.unet = None
+        self.text: TextEncoder | None = None
+        self._empty: TextCond | None = None
+        self._sched = None
+        self._alphas: torch.Tensor | None = None
+
+    def load(self) -> None:
+        from safetensors.torch import load_file
+
+        unet = build_unet(self.mcfg)
+        sd = load_file(str(self.weights_dir / "model.safetensors"))
+        unet.load_state_dict({k: v.float() for k, v in sd.items()})
+        self.unet = unet.eval().requires_grad_(False)
+        self.text = TextEncoder(self.mcfg.max_tokens).load()
+        self._empty = self.text.encode([""])
+        self._sched = make_scheduler(self.mcfg)
+        self._alphas = self._sched.alphas_cumprod.float()
+
+    # ---- start -------------------------------------------------------------------------------
+
+    def start(self, job: "Job") -> list[EmojiSample]:
+        size, patch = self.mcfg.image_size, self.mcfg.patch
+        cond = self.text.encode([job.prompt]) if job.prompt else self._empty
+        neg = job.negative_prompt
+        uncond = self.text.encode([neg]) if neg else self._empty
+        needs_cfg = bool(job.prompt or neg) and job.guidance_scale != 1.0
+        init = init_rgba = keep = keep_np = None
+        strength = 1.0
+        if job.init_images:
+            init_rgba = load_rgba64(job.init_images[0], size)
+            init = to_latent(rgba_uint8_to_model(init_rgba[None]), patch)
+            strength = min(1.0, max(default_strength(job), 0.0))
+            if job.mask is not None:
+                keep_np = load_keep_mask(job.mask, size)
+                keep = torch.from_numpy(keep_np.astype(np.float32))[None, None]
+        samples = []
+        for i in range(job.n):
+            gen = torch.Generator().manual_seed(int(job.seed) + i)
+            sched = copy.deepcopy(self._sched)
+            sched.set_timesteps(max(1, int(job.steps)))
+            timesteps = sched.timesteps
+            shape = (1, self.mcfg.latent_channels, self.mcfg.latent_size, self.mcfg.latent_size)
+            noise = torch.randn(shape, generator=gen)
+            init_noise = None
+            if init is not None and strength < 1.0:
+                # diffusers img2img convention: skip the first (1 - strength) of the schedule
+                n_steps = len(timesteps)
+                t_start = n_steps - max(1, min(n_steps, int(n_steps * strength)))
+                timesteps = timesteps[t_start * sched.order :]
+                sched.set_begin_index(t_start * sched.order)
+                init_noise = torch.randn(shape, generator=gen)
+                latents = sched.add_noise(init, init_noise, timesteps[:1])
+            else:
+                latents = noise * sched.init_noise_sigma
+                if init is not None:
+                    init_noise = torch.randn(shape, generator=gen)
+            samples.append(EmojiSample(
+                job=job, index=i, total_steps=len(timesteps), latents=latents, scheduler=sched,
+                timesteps=timesteps, cond=cond, uncond=uncond if needs_cfg else None,
+                guidance=float(job.guidance_scale), init_latents=init, init_noise=init_noise, keep=keep,
+                keep_np=keep_np, init_rgba=init_rgba,
+            ))
+        return samples
+
+    # ---- step --------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def step(self, samples: list[EmojiSample]) -> None:
+        rows_z, rows_t, rows_c = [], [], []
+        for s in samples:
+            t = s.timesteps[s.step]
+            rows_z.append(s.latents)
+            rows_t.append(t)
+            rows_c.append(s.cond)
+        for s in samples:  # unconditional rows after all conditional ones
+            if s.uncond is not None:
+                rows_z.append(s.latents)
+                rows_t.append(s.timesteps[s.step])
+                rows_c.append(s.uncond)
+        c = TextCond.cat(rows_c)
+        out = self.unet(
+            torch.cat(rows_z), torch.stack(rows_t).long(), encoder_hidden_states=c.tokens,
+            encoder_attention_mask=c.mask, class_labels=c.pooled,
+        ).sample
+        u = len(samples)
+        for i, s in enumerate(samples):
+            v = out[i : i + 1]
+            if s.uncond is not None:
+                vu = out[u : u + 1]
+                u += 1
+                v = vu + s.guidance * (v - vu)
+            t = s.timesteps[s.step]
+            a = self._alphas[int(t)]
+            s.x0 = a.sqrt() * s.latents - (1 - a).sqrt() * v
+            s.latents = s.scheduler.step(v, t, s.latents).prev_sample
+            s.step += 1
+            if s.keep is not None and not s.done:
+                # RePaint-style: the kept region follows the init image's own noising trajectory
+                known = s.scheduler.add_noise(s.init_latents, s.init_noise, s.timesteps[s.step : s.step + 1])
+                s.latents = self._blend(s.latents, known, s.keep)
+            elif s.keep is not None:
+                s.latents = self._blend(s.latents, s.init_latents, s.keep)
+
+    def _blend(self, z: torch.Tensor, known: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        p = self.mcfg.patch
+        x = from_latent(z, p) * (1 - keep) + from_latent(known, p) * keep
+        return to_latent(x, p)
+
+    # ---- decode ------------------------------------------------------------------------------
+
+    def _to_image(self, z: torch.Tensor, s: EmojiSample) -> "Image":
+        from PIL import Image
+
+        rgba = model_to_rgba_uint8(from_latent(z, self.mcfg.patch))[0]
+        if s.keep_np is not None:
+            rgba = np.where(s.keep_np[..., None], s.init_rgba, rgba)  # exact original where mask=0
+        return Image.fromarray(np.ascontiguousarray(rgba), "RGBA")
+
+    def preview(self, s: EmojiSample) -> "Image":
+        z = s.x0 if s.x0 is not None else s.latents
+        return self._to_image(z, s)
+
+    def finish(self, samples: list[EmojiSample]) -> list["Image"]:
+        return [self._to_image(s.latents, s) for s in samples]

@@ -1,0 +1,390 @@
+"""Train the embedded emoji model: one seeded, resumable, time-budgeted function.
+
+    python -m canvasd.training.train --name emoji64 --max-minutes 90
+    python -m canvasd.training.train --export runs/emoji64/ckpt.pt --to src/canvasd/backends/emoji/weights
+
+Recipe: v-prediction DDPM (1000 steps, cosine betas) on pixel-unshuffled 64x64 premultiplied RGBA,
+min-SNR loss weighting (gamma 5), AdamW with linear warmup then cosine decay, grad clipping, EMA.
+With a time budget (`max_minutes`) the cosine runs over *training time*, not steps, so the run
+always ends with a decayed learning rate exactly when the budget is spent, however fast the shared
+CPU happens to be. Checkpoints (`runs/<name>/ckpt.pt`) hold model, EMA, optimizer, step, elapsed
+training time and RNG states; running again with the same name resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from canvasd.backends.emoji.model import ModelConfig, TextCond, build_unet, rgba_uint8_to_model, to_latent
+from canvasd.training.trainset import EmojiData, load_training_data
+
+PACKAGED_WEIGHTS = Path(__file__).resolve().parents[1] / "backends" / "emoji" / "weights"
+
+
+@dataclass
+class TrainConfig:
+    name: str = "emoji64"
+    data_dir: str = "data"
+    data_name: str = "emoji64"
+    runs_dir: str = "runs"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    batch_size: int = 32
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.99)
+    warmup_steps: int = 200
+    min_lr_frac: float = 0.05  # cosine decays to this fraction of lr
+    max_steps: int | None = None
+    max_minutes: float | None = None  # training-time budget (data prep and final export excluded)
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    p_uncond: float = 0.1  # caption dropped -> "" (classifier-free guidance)
+    p_styled: float = 0.35  # caption with the image's style phrase appended ("..., flat style")
+    min_snr_gamma: float | None = 5.0
+    augment_p: float = 0.25  # probability of random scale 0.9-1.0 + shift of <= 2 px
+    hflip: bool = False  # off: emoji are not mirror-symmetric (text, arrows, flags)
+    ckpt_every_minutes: float = 5.0
+    seed: int = 0
+    threads: int = 2
+    max_images: int | None = None
+    log_every: int = 10
+
+    @classmethod
+    def tiny(cls, **kw) -> "TrainConfig":
+        """A few-second config for tests: a 3-level 32-channel UNet."""
+        base = dict(
+            model=ModelConfig(block_out_channels=(32, 32, 32), norm_num_groups=8, head_channels=16),
+            batch_size=4, warmup_steps=2, max_steps=4, ckpt_every_minutes=0.0, threads=1, log_every=1,
+        )
+        base.update({k: v for k, v in kw.items() if v is not None})
+        return cls(**base)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["model"] = self.model.to_dict()
+        return d
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+
+def git_commit() -> str:
+    try:
+        root = Path(__file__).resolve().parents[3]
+        return subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip() or "unknown"
+    except Exception:  # noqa: BLE001 - provenance only
+        return "unknown"
+
+
+def make_noise_scheduler(mcfg: ModelConfig):
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(**mcfg.scheduler_config())
+
+
+# ---- batches ----------------------------------------------------------------------------------
+
+
+def sample_captions(data: EmojiData, idx: np.ndarray, rng: np.random.Generator, cfg: TrainConfig) -> np.ndarray:
+    """Index into data.captions.strings for each image: "" / plain caption / caption + style."""
+    t = data.captions
+    r = rng.random(len(idx))
+    out = np.zeros(len(idx), np.int64)
+    for j, i in enumerate(idx):
+        c = data.concept[i]
+        if r[j] < cfg.p_uncond:
+            out[j] = 0
+        elif r[j] < cfg.p_uncond + cfg.p_styled and (t.styled[i] >= 0).any():
+            choices = t.styled[i][t.styled[i] >= 0]
+            out[j] = choices[rng.integers(len(choices))]
+        else:
+            out[j] = t.plain[c, rng.integers(t.plain_count[c])]
+    return out
+
+
+def augment(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
+    """Random shrink (scale 0.9-1) and shift (<= 2 px) on a fraction p of the batch.
+
+    Done on premultiplied [0,1] values so the zero padding is exact transparency."""
+    b = x.shape[0]
+    apply = torch.rand(b, generator=gen) < p
+    if p <= 0 or not apply.any():
+        return x
+    scale = 1 - 0.1 * torch.rand(b, generator=gen)
+    shift = (torch.rand(b, 2, generator=gen) * 2 - 1) * (2 * 2 / x.shape[-1])
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0] = 1 / scale
+    theta[:, 1, 1] = 1 / scale
+    theta[:, :, 2] = shift
+    x01 = (x + 1) / 2
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    warped = F.grid_sample(x01, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    out = torch.where(apply[:, None, None, None], warped, x01)
+    return out * 2 - 1
+
+
+# ---- checkpoint / export ------------------------------------------------------------------------
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def plot_losses(csv_path: Path, png_path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover - matplotlib is a training extra
+        return
+    rows = list(csv.reader(csv_path.open()))[1:]
+    if not rows:
+        return
+    steps = np.array([int(r[0]) for r in rows])
+    loss = np.array([float(r[1]) for r in rows])
+    smooth = np.copy(loss)
+    for i in range(1, len(loss)):
+        smooth[i] = 0.98 * smooth[i - 1] + 0.02 * loss[i]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, loss, alpha=0.25, lw=0.6, label="loss")
+    ax.plot(steps, smooth, lw=1.5, label="EMA(0.98)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("weighted v-MSE")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+
+
+def export(ckpt_path: str | Path, weights_dir: str | Path, use_ema: bool = True) -> Path:
+    """Write fp16 safetensors + config.json (architecture, scheduler, text encoder, recipe)."""
+    from safetensors.torch import save_file
+
+    from canvasd.backends.emoji.sampler import DEFAULT_GUIDANCE, QUALITY_STEPS
+
+    ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    sd = ck["ema" if use_ema else "model"]
+    out = Path(weights_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().to(torch.float16).contiguous() for k, v in sd.items()}, str(out / "model.safetensors"))
+    cfg = ck["cfg"]
+    mcfg = ModelConfig.from_dict(cfg["model"])
+    config = {
+        "format": "canvasd-emoji/1",
+        "model": mcfg.to_dict(),
+        "scheduler": {"train": mcfg.scheduler_config(), "sampler": "DPMSolverMultistepScheduler",
+                      "sampler_options": {"algorithm_type": "dpmsolver++", "solver_order": 2}},
+        "text_encoder": {"package": mcfg.text_encoder, "model": "sentence-transformers/all-MiniLM-L6-v2",
+                         "max_tokens": mcfg.max_tokens, "pooled": "mean, L2-normalised"},
+        "sampling": {"quality_steps": QUALITY_STEPS, "default_guidance": DEFAULT_GUIDANCE},
+        "training": {
+            "recipe": {k: v for k, v in cfg.items() if k != "model"},
+            "step": ck["step"],
+            "train_minutes": round(ck["train_seconds"] / 60, 1),
+            "final_loss_ema": ck.get("loss_ema"),
+            "weights": "ema" if use_ema else "raw",
+            "git_commit": ck.get("git_commit", "unknown"),
+            "data": ck.get("data_info", {}),
+        },
+    }
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    return out
+
+
+# ---- the loop ---------------------------------------------------------------------------------
+
+
+def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
+    warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+    cos = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.lr * warm * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * cos)
+
+
+def train(cfg: TrainConfig, export_to: str | Path | None = None, progress_bar: bool = True) -> dict:
+    """Train (or resume) `cfg.name`; returns a summary. Stops at max_steps or the time budget."""
+    from tqdm import tqdm
+
+    if cfg.max_steps is None and cfg.max_minutes is None:
+        raise ValueError("set max_steps or max_minutes")
+    torch.set_num_threads(cfg.threads)
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run_dir / "ckpt.pt"
+    csv_path = run_dir / "loss.csv"
+
+    data = load_training_data(cfg.data_dir, cfg.data_name, cfg.model.max_tokens, cfg.max_images)
+    n = len(data.images)
+    images = torch.from_numpy(np.ascontiguousarray(data.images))
+    text = data.text
+
+    torch.manual_seed(cfg.seed)
+    model = build_unet(cfg.model).train()
+    ema = build_unet(cfg.model).eval().requires_grad_(False)
+    ema.load_state_dict(model.state_dict())
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    sched = make_noise_scheduler(cfg.model)
+    alphas_cumprod = sched.alphas_cumprod.float()
+    rng = np.random.default_rng(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    step, train_seconds, loss_ema = 0, 0.0, None
+
+    if ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(ck["model"])
+        ema.load_state_dict(ck["ema"])
+        opt.load_state_dict(ck["opt"])
+        step, train_seconds, loss_ema = ck["step"], ck["train_seconds"], ck.get("loss_ema")
+        rng.bit_generator.state = ck["np_rng"]
+        gen.set_state(ck["torch_rng"])
+        print(f"resumed {ckpt_path} at step {step} ({train_seconds / 60:.1f} min trained)", flush=True)
+        if csv_path.exists():  # drop rows logged after that checkpoint
+            rows = [r for r in csv.reader(csv_path.open())][1:]
+            rows = [r for r in rows if int(r[0]) <= step]
+            with csv_path.open("w", newline="") as f:
+                csv.writer(f).writerows([["step", "loss", "lr", "train_seconds"], *rows])
+    if not csv_path.exists():
+        csv_path.write_text("step,loss,lr,train_seconds\n")
+    data_info = {"name": cfg.data_name, "train_images": n, "concepts": len(data.meta["concepts"]),
+                 "styles": [s["name"] for s in data.meta["styles"]], "caption_strings": len(data.captions.strings)}
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+
+    def progress() -> float:
+        p = 0.0
+        if cfg.max_steps:
+            p = max(p, step / cfg.max_steps)
+        if cfg.max_minutes:
+            p = max(p, train_seconds / (cfg.max_minutes * 60))
+        return p
+
+    def checkpoint() -> None:
+        save_checkpoint(ckpt_path, {
+            "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
+            "train_seconds": train_seconds, "loss_ema": loss_ema, "np_rng": rng.bit_generator.state,
+            "torch_rng": gen.get_state(), "cfg": cfg.to_dict(), "git_commit": git_commit(), "data_info": data_info,
+        })
+        plot_losses(csv_path, run_dir / "loss.png")
+
+    ema_params = list(ema.parameters())
+    params = list(model.parameters())
+    last_ckpt = time.monotonic()
+    log_rows: list[list] = []
+    bar = tqdm(total=cfg.max_steps, initial=step, disable=not progress_bar, mininterval=20, dynamic_ncols=False,
+               file=sys.stdout)
+    while progress() < 1.0:
+        t0 = time.perf_counter()
+        idx = rng.integers(0, n, size=cfg.batch_size)
+        cap = torch.from_numpy(sample_captions(data, idx, rng, cfg))
+        x = rgba_uint8_to_model(images[torch.from_numpy(idx)])
+        x = augment(x, cfg.augment_p, gen)
+        if cfg.hflip:
+            flip = torch.rand(len(x), generator=gen) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        z0 = to_latent(x, cfg.model.patch)
+        noise = torch.randn(z0.shape, generator=gen)
+        t = torch.randint(0, cfg.model.num_train_timesteps, (len(z0),), generator=gen)
+        a = alphas_cumprod[t].sqrt()[:, None, None, None]
+        s = (1 - alphas_cumprod[t]).sqrt()[:, None, None, None]
+        zt = a * z0 + s * noise
+        target = a * noise - s * z0  # v
+        tokens, mask, pooled = text.tokens[cap].float(), text.mask[cap].float(), text.pooled[cap].float()
+
+        lr = lr_at(cfg, step, progress())
+        for g in opt.param_groups:
+            g["lr"] = lr
+        pred = model(zt, t, encoder_hidden_states=tokens, encoder_attention_mask=mask, class_labels=pooled).sample
+        per = ((pred.float() - target) ** 2).mean(dim=(1, 2, 3))
+        if cfg.min_snr_gamma:
+            snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
+            per = per * snr.clamp(max=cfg.min_snr_gamma) / (snr + 1)
+        loss = per.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1 - decay)
+
+        step += 1
+        train_seconds += time.perf_counter() - t0
+        lv = loss.item()
+        loss_ema = lv if loss_ema is None else 0.99 * loss_ema + 0.01 * lv
+        log_rows.append([step, f"{lv:.5f}", f"{lr:.3e}", f"{train_seconds:.1f}"])
+        bar.update(1)
+        if step % cfg.log_every == 0:
+            left = (cfg.max_minutes * 60 - train_seconds) / 60 if cfg.max_minutes else float("nan")
+            bar.set_postfix(loss=f"{loss_ema:.4f}", lr=f"{lr:.2e}", left_min=f"{left:.1f}", refresh=False)
+            with csv_path.open("a", newline="") as f:
+                csv.writer(f).writerows(log_rows)
+            log_rows.clear()
+        if time.monotonic() - last_ckpt >= cfg.ckpt_every_minutes * 60:
+            with csv_path.open("a", newline="") as f:
+                csv.writer(f).writerows(log_rows)
+            log_rows.clear()
+            checkpoint()
+            last_ckpt = time.monotonic()
+            print(f"\ncheckpoint step {step} loss_ema {loss_ema:.4f} trained {train_seconds / 60:.1f} min", flush=True)
+    bar.close()
+    with csv_path.open("a", newline="") as f:
+        csv.writer(f).writerows(log_rows)
+    checkpoint()
+    weights = export(ckpt_path, export_to or run_dir / "weights")
+    summary = {"step": step, "loss_ema": loss_ema, "train_minutes": train_seconds / 60, "weights": str(weights)}
+    print(json.dumps(summary), flush=True)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--name", default="emoji64")
+    p.add_argument("--data-dir", default="data")
+    p.add_argument("--data-name", default="emoji64")
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--max-minutes", type=float)
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--ckpt-every-minutes", type=float, default=5.0)
+    p.add_argument("--augment-p", type=float, default=0.25)
+    p.add_argument("--hflip", action="store_true", help="random horizontal flips (off by default)")
+    p.add_argument("--tiny", action="store_true", help="tiny test model")
+    p.add_argument("--export-to", help="weights folder written at the end (default runs/<name>/weights)")
+    p.add_argument("--export", metavar="CKPT", help="only export CKPT's EMA weights to --to")
+    p.add_argument("--to", help="with --export: the weights folder")
+    a = p.parse_args(argv)
+    if a.export:
+        print(export(a.export, a.to or PACKAGED_WEIGHTS))
+        return
+    kw = dict(
+        name=a.name, data_dir=a.data_dir, data_name=a.data_name, runs_dir=a.runs_dir, max_minutes=a.max_minutes,
+        max_steps=a.max_steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed, threads=a.threads,
+        ckpt_every_minutes=a.ckpt_every_minutes, augment_p=a.augment_p, hflip=a.hflip,
+    )
+    cfg = TrainConfig.tiny(**kw) if a.tiny else TrainConfig(**kw)
+    train(cfg, export_to=a.export_to)
+
+
+if __name__ == "__main__":
+    main()
