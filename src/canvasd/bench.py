@@ -1,0 +1,633 @@
+"""`canvasd bench`: throughput and latency of canvasd, side by side, in one invocation.
+
+Scenarios, all on the same model and the same request plan:
+  engine       (a) the raw engine, no HTTP: jobs submitted to an `Engine` in this process.
+  http         (b) canvasd over HTTP: a real uvicorn on 127.0.0.1 serving `create_app`, called
+                   with the official `openai` SDK (AsyncOpenAI), step-level batching on.
+  http-serial  (c) the same with batching off: one job at a time, the peers' design.
+
+Each scenario runs every concurrency level (closed loop: C clients, each sending its next request
+when the previous one answers), non-streamed and/or streamed (with partial images). Reported per
+level: images/s, latency p50/p95/p99, time to first partial image (streamed), peak RSS of the
+serving process, mean samples per denoising step. Output: a JSON file, a PNG plot, the ratios
+(b)/(a) and (b)/(c) per concurrency, and a markdown table for the README.
+
+Bounded by construction: requests go only to 127.0.0.1; each level sends a fixed number of
+requests and stops early at `level_timeout_s`; every server process is stopped and joined.
+
+`model="fake"` benchmarks the harness itself with `FakeBackend` (sleep-simulated step cost:
+no model, numbers are not canvasd's performance).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from canvasd.config import EMBEDDED_MODEL_ID, ModelSpec, Settings
+
+SCENARIOS = ("engine", "http", "http-serial")
+SCENARIO_LABELS = {
+    "engine": "(a) engine, no HTTP",
+    "http": "(b) HTTP, batching",
+    "http-serial": "(c) HTTP, serial",
+}
+PROMPTS = (
+    "a red apple", "a smiling cat face", "a blue car", "a slice of pizza", "a rocket",
+    "a green frog", "a yellow star", "a birthday cake", "a sleeping dog", "a sunflower",
+)
+MIXED_SIZES = ("1024x1024", "1536x1024", "1024x1536")
+MIXED_QUALITIES = ("low", "medium", "high")
+FAKE_MODEL = "fake"
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass
+class BenchConfig:
+    model: str | None = None  # None: the embedded model; "name=/path": a local folder; "fake"
+    scenarios: tuple[str, ...] = SCENARIOS
+    concurrency: tuple[int, ...] = (1, 2, 4, 8, 16)
+    requests: int | None = None  # per level; None: max(8, 3 x concurrency)
+    stream: str = "both"  # off | on | both
+    partial_images: int = 2  # streamed runs
+    size: str = "1024x1024"
+    quality: str = "low"
+    mixed: bool = False  # cycle sizes x qualities instead of one size/quality
+    client_model: str = "gpt-image-1"  # the `model` the SDK sends (an alias of the bench model)
+    max_batch: int | None = None  # None: Settings' default
+    threads: int | None = None  # torch threads; None: all cores
+    level_timeout_s: float = 300.0  # a level stops sending after this long
+    ready_timeout_s: float = 600.0  # server start + model load
+    out_dir: Path = Path("benchmarks/results")
+    quick: bool = False  # concurrency 1,4; 4 requests per level (x2 at c=4); streamed and not
+    progress: bool = True
+
+    def effective(self) -> "BenchConfig":
+        cfg = self
+        if cfg.quick:
+            cfg = replace(cfg, concurrency=(1, 4), requests=cfg.requests or 4)
+        unknown = set(cfg.scenarios) - set(SCENARIOS)
+        if unknown:
+            raise ValueError(f"unknown scenarios {sorted(unknown)}; choose from {SCENARIOS}")
+        if cfg.stream not in ("off", "on", "both"):
+            raise ValueError("stream must be off, on or both")
+        return cfg
+
+    def requests_at(self, c: int) -> int:
+        base = self.requests if self.requests else max(8, 3 * c)
+        return max(base, c)  # every client sends at least one request
+
+    def stream_modes(self) -> list[bool]:
+        return {"off": [False], "on": [True], "both": [False, True]}[self.stream]
+
+
+@dataclass
+class RequestSpec:
+    index: int
+    prompt: str
+    size: str
+    quality: str
+    seed: int
+
+
+@dataclass
+class LevelResult:
+    scenario: str
+    stream: bool
+    concurrency: int
+    requests: int
+    ok: int
+    errors: int
+    images: int
+    wall_s: float
+    images_per_s: float
+    latency_s: dict[str, float | None]
+    ttfp_s: dict[str, float | None] | None
+    peak_rss_mb: float | None
+    mean_batch: float | None
+    first_error: str | None = None
+
+
+# ---------------------------------------------------------------------------- request plan ---
+def request_plan(cfg: BenchConfig, count: int) -> list[RequestSpec]:
+    plan = []
+    for i in range(count):
+        if cfg.mixed:
+            size, quality = MIXED_SIZES[i % 3], MIXED_QUALITIES[(i // 3) % 3]
+        else:
+            size, quality = cfg.size, cfg.quality
+        plan.append(RequestSpec(i, PROMPTS[i % len(PROMPTS)], size, quality, seed=1000 + i))
+    return plan
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p95": None, "p99": None, "mean": None}
+    xs = sorted(values)
+
+    def q(p: float) -> float:  # linear interpolation between closest ranks
+        pos = (len(xs) - 1) * p
+        lo, hi = math.floor(pos), math.ceil(pos)
+        return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+    return {"p50": q(0.50), "p95": q(0.95), "p99": q(0.99), "mean": sum(xs) / len(xs)}
+
+
+# ---------------------------------------------------------------------------- models ---------
+def model_spec(model: str | None) -> ModelSpec:
+    if model in (None, ""):
+        return ModelSpec(id=EMBEDDED_MODEL_ID, backend="emoji")
+    if model == FAKE_MODEL:
+        return ModelSpec(id=FAKE_MODEL, backend="fake")  # type: ignore[arg-type] - bench only
+    from canvasd.cli import parse_model_arg
+
+    return parse_model_arg(model)
+
+
+def fake_backend():
+    """CPU-like cost shape (measured for small UNets: ~15 ms at batch 1, ~40 ms at batch 8)."""
+    from canvasd.backends.fake import FakeBackend
+
+    return FakeBackend(FAKE_MODEL, step_s=0.012, per_sample_s=0.0035)
+
+
+def build_backends(spec: ModelSpec) -> dict[str, Any]:
+    if spec.backend == "fake":
+        return {spec.id: fake_backend()}
+    from canvasd.registry import build_backend
+
+    return {spec.id: build_backend(spec)}
+
+
+def scenario_settings(cfg: BenchConfig, spec: ModelSpec, batching: bool, image_dir: str) -> Settings:
+    max_c = max(cfg.concurrency)
+    s = Settings(models=[spec], batching=batching, torch_threads=cfg.threads,
+                 max_queue=max(64, 4 * max_c), image_dir=Path(image_dir))
+    if cfg.max_batch:
+        s.max_batch = cfg.max_batch
+    return s
+
+
+# ---------------------------------------------------------------------------- measuring ------
+class RssSampler:
+    """Peak resident memory of one process, sampled every 50 ms on a background thread."""
+
+    def __init__(self, pid: int):
+        import psutil
+
+        self._proc = psutil.Process(pid)
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="bench-rss")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.peak = max(self.peak, self._proc.memory_info().rss)
+            except Exception:  # process gone
+                return
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+    @property
+    def peak_mb(self) -> float:
+        return round(self.peak / 2**20, 1)
+
+
+RequestFn = Callable[[RequestSpec, bool], Awaitable[tuple[float, float | None, int]]]
+
+
+async def run_level(
+    scenario: str, stream: bool, concurrency: int, plan: list[RequestSpec], do_request: RequestFn,
+    cfg: BenchConfig, rss_pid: int, batch_probe: Callable[[], tuple[float, float] | None],
+) -> LevelResult:
+    """C clients share the plan; each sends its next request when the previous one answered."""
+    from tqdm import tqdm
+
+    latencies: list[float] = []
+    ttfps: list[float] = []
+    errors: list[str] = []
+    images = 0
+    next_index = 0
+    deadline = time.monotonic() + cfg.level_timeout_s
+    bar = tqdm(total=len(plan), desc=f"{scenario:<11} {'stream' if stream else 'plain ':6} c={concurrency:<3}",
+               unit="req", disable=not cfg.progress, leave=True)
+
+    async def client() -> None:
+        nonlocal next_index, images
+        while next_index < len(plan) and time.monotonic() < deadline:
+            spec = plan[next_index]
+            next_index += 1
+            try:
+                latency, ttfp, count = await do_request(spec, stream)
+            except Exception as exc:  # counted, shown once; the level goes on
+                errors.append(f"{type(exc).__name__}: {exc}")
+            else:
+                latencies.append(latency)
+                images += count
+                if ttfp is not None:
+                    ttfps.append(ttfp)
+            bar.update(1)
+
+    before = batch_probe()
+    with RssSampler(rss_pid) as rss:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    after = batch_probe()
+    bar.close()
+    mean_batch = None
+    if before and after and after[1] > before[1]:
+        mean_batch = round((after[0] - before[0]) / (after[1] - before[1]), 2)
+    return LevelResult(
+        scenario=scenario, stream=stream, concurrency=concurrency, requests=next_index,
+        ok=len(latencies), errors=len(errors), images=images, wall_s=round(wall, 3),
+        images_per_s=round(images / wall, 3) if wall > 0 else 0.0,
+        latency_s=percentiles(latencies), ttfp_s=percentiles(ttfps) if stream else None,
+        peak_rss_mb=rss.peak_mb, mean_batch=mean_batch, first_error=errors[0] if errors else None,
+    )
+
+
+# ---------------------------------------------------------------------------- (a) engine -----
+def job_for(spec: RequestSpec, model_id: str, caps, partial_images: int):
+    """The Job the API would build for this request (generate, n=1)."""
+    from canvasd.engine.jobs import Job
+
+    width, height = (int(v) for v in spec.size.split("x"))
+    if caps.upscales:
+        width, height = caps.native_size
+    steps = caps.quality_steps.get(spec.quality, caps.quality_steps[caps.default_quality])
+    return Job(kind="generate", model=model_id, prompt=spec.prompt, n=1, width=width, height=height,
+               steps=steps, guidance_scale=caps.default_guidance, seed=spec.seed,
+               partial_images=partial_images)
+
+
+def engine_batch_probe() -> tuple[float, float] | None:
+    from canvasd import metrics
+
+    total = metrics.REGISTRY.get_sample_value("canvasd_batch_size_sum") or 0.0
+    count = metrics.REGISTRY.get_sample_value("canvasd_batch_size_count") or 0.0
+    return total, count
+
+
+async def bench_engine(cfg: BenchConfig, spec: ModelSpec, image_dir: str) -> list[LevelResult]:
+    from canvasd.engine.events import JobFailed, PartialImage
+    from canvasd.engine.scheduler import Engine
+
+    backends = await asyncio.to_thread(build_backends, spec)
+    for backend in backends.values():
+        await asyncio.to_thread(backend.load)
+    backend = backends[spec.id]
+    engine = Engine(backends, scenario_settings(cfg, spec, True, image_dir))
+    engine.start()
+
+    async def do_request(req: RequestSpec, stream: bool) -> tuple[float, float | None, int]:
+        job = job_for(req, spec.id, backend.capabilities, cfg.partial_images if stream else 0)
+        t0 = time.perf_counter()
+        handle = engine.submit(job)
+        ttfp = None
+        async for event in handle.events():
+            if isinstance(event, PartialImage) and ttfp is None:
+                ttfp = time.perf_counter() - t0
+            elif isinstance(event, JobFailed):
+                raise event.error
+        return time.perf_counter() - t0, ttfp, len(await handle.result())
+
+    results = []
+    try:
+        await do_request(request_plan(cfg, 1)[0], False)  # warm-up
+        for stream in cfg.stream_modes():
+            for c in cfg.concurrency:
+                plan = request_plan(cfg, cfg.requests_at(c))
+                results.append(await run_level("engine", stream, c, plan, do_request, cfg,
+                                               os.getpid(), engine_batch_probe))
+    finally:
+        await engine.ashutdown(timeout_s=30)
+    return results
+
+
+# ---------------------------------------------------------------------------- (b)/(c) HTTP ---
+def _create_app(settings: Settings, spec: ModelSpec):
+    """The API's app factory; backends are injected when the bench model is the fake one."""
+    import inspect
+
+    from canvasd.api.app import create_app
+
+    if spec.backend != "fake":
+        return create_app(settings)
+    params = inspect.signature(create_app).parameters
+    backends = build_backends(spec)
+    if "backends" in params:
+        return create_app(settings, backends=backends)
+    if "registry" in params:
+        from canvasd.registry import ModelRegistry
+
+        return create_app(settings, registry=ModelRegistry(settings, backends=backends))
+    raise RuntimeError("create_app accepts neither backends= nor registry=: cannot serve the fake")
+
+
+def _serve_child(settings: Settings, spec: ModelSpec, port_queue) -> None:  # pragma: no cover
+    """Child process: bind a free loopback port, report it, serve until SIGTERM."""
+    import logging
+
+    import uvicorn
+
+    logging.basicConfig(level="WARNING")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((LOOPBACK, 0))
+    port_queue.put(sock.getsockname()[1])
+    app = _create_app(settings, spec)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
+                                           timeout_graceful_shutdown=30))
+    server.run(sockets=[sock])
+
+
+class ServerProcess:
+    """A canvasd server in a child process on 127.0.0.1 (stopped with SIGTERM, then joined)."""
+
+    def __init__(self, settings: Settings, spec: ModelSpec):
+        ctx = mp.get_context("spawn")
+        self._port_queue = ctx.Queue()
+        self.proc = ctx.Process(target=_serve_child, args=(settings, spec, self._port_queue),
+                                name="canvasd-bench-server", daemon=True)
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def start(self, timeout_s: float) -> None:
+        self.proc.start()
+        self.port = self._port_queue.get(timeout=timeout_s)
+
+    def stop(self) -> None:
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(timeout=45)
+        if self.proc.is_alive():  # pragma: no cover - did not shut down in time
+            self.proc.kill()
+            self.proc.join(timeout=5)
+
+
+async def wait_ready(server: ServerProcess, timeout_s: float) -> None:
+    """Until /ready answers 200 (falls back to /v1/models when there is no /ready)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=5) as http:
+        while time.monotonic() < deadline:
+            if not server.proc.is_alive():
+                raise RuntimeError(f"server exited with code {server.proc.exitcode}")
+            try:
+                r = await http.get("/ready")
+                if r.status_code == 404:
+                    r = await http.get("/v1/models")
+                if r.status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.5)
+    raise TimeoutError(f"server not ready after {timeout_s:.0f}s")
+
+
+def http_batch_probe(base_url: str) -> Callable[[], tuple[float, float] | None]:
+    """Reads canvasd_batch_size_{sum,count} from the server's /metrics (None if unavailable)."""
+
+    def probe() -> tuple[float, float] | None:
+        import httpx
+        from prometheus_client.parser import text_string_to_metric_families
+
+        try:
+            text = httpx.get(base_url + "/metrics", timeout=5).text
+            values = {}
+            for family in text_string_to_metric_families(text):
+                for s in family.samples:
+                    values[s.name] = s.value
+            return values["canvasd_batch_size_sum"], values["canvasd_batch_size_count"]
+        except Exception:
+            return None
+
+    return probe
+
+
+async def bench_http(cfg: BenchConfig, spec: ModelSpec, scenario: str, image_dir: str) -> list[LevelResult]:
+    from openai import AsyncOpenAI
+
+    settings = scenario_settings(cfg, spec, scenario == "http", image_dir)
+    server = ServerProcess(settings, spec)
+    try:
+        await asyncio.to_thread(server.start, cfg.ready_timeout_s)
+        await wait_ready(server, cfg.ready_timeout_s)
+        assert server.base_url.startswith(f"http://{LOOPBACK}:")
+        client = AsyncOpenAI(base_url=server.base_url + "/v1", api_key="canvasd-bench",
+                             max_retries=0, timeout=cfg.level_timeout_s + 60)
+
+        async def do_request(req: RequestSpec, stream: bool) -> tuple[float, float | None, int]:
+            t0 = time.perf_counter()
+            common = dict(model=cfg.client_model, prompt=req.prompt, size=req.size,
+                          quality=req.quality, n=1)
+            if not stream:
+                response = await client.images.generate(**common)
+                count = sum(1 for d in response.data or [] if d.b64_json)
+                if not count:
+                    raise RuntimeError("response without image data")
+                return time.perf_counter() - t0, None, count
+            events = await client.images.generate(**common, stream=True,
+                                                  partial_images=cfg.partial_images)
+            ttfp, count = None, 0
+            async for event in events:
+                if event.type.endswith("partial_image") and ttfp is None:
+                    ttfp = time.perf_counter() - t0
+                elif event.type.endswith("completed") and event.b64_json:
+                    count += 1
+            if not count:
+                raise RuntimeError("stream ended without a completed image")
+            return time.perf_counter() - t0, ttfp, count
+
+        # Warm-up: the first request also waits out a model still loading (503), bounded.
+        deadline = time.monotonic() + cfg.ready_timeout_s
+        while True:
+            try:
+                await do_request(request_plan(cfg, 1)[0], False)
+                break
+            except Exception:
+                if time.monotonic() > deadline or not server.proc.is_alive():
+                    raise
+                await asyncio.sleep(1)
+        probe = http_batch_probe(server.base_url)
+        results = []
+        for stream in cfg.stream_modes():
+            for c in cfg.concurrency:
+                plan = request_plan(cfg, cfg.requests_at(c))
+                results.append(await run_level(scenario, stream, c, plan, do_request, cfg,
+                                               server.proc.pid, lambda: probe()))
+        await client.close()
+        return results
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+# ---------------------------------------------------------------------------- report ---------
+def ratios(results: list[LevelResult]) -> list[dict[str, Any]]:
+    by = {(r.scenario, r.stream, r.concurrency): r for r in results}
+    rows = []
+    for (scenario, stream, c), r in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][2])):
+        if scenario != "http":
+            continue
+        row: dict[str, Any] = {"concurrency": c, "stream": stream}
+        for other, name in (("engine", "http_over_engine"), ("http-serial", "batched_over_serial")):
+            o = by.get((other, stream, c))
+            row[name] = round(r.images_per_s / o.images_per_s, 3) if o and o.images_per_s else None
+        rows.append(row)
+    return rows
+
+
+def _fmt(x: float | None, digits: int = 2) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def markdown_table(results: list[LevelResult]) -> str:
+    lines = [
+        "| scenario | stream | clients | images/s | p50 s | p95 s | p99 s | first partial p50 s | mean batch | peak RSS MB | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        ttfp = r.ttfp_s["p50"] if r.ttfp_s else None
+        lines.append(
+            f"| {SCENARIO_LABELS[r.scenario]} | {'yes' if r.stream else 'no'} | {r.concurrency} "
+            f"| {_fmt(r.images_per_s)} | {_fmt(r.latency_s['p50'])} | {_fmt(r.latency_s['p95'])} "
+            f"| {_fmt(r.latency_s['p99'])} | {_fmt(ttfp)} | {_fmt(r.mean_batch, 1)} "
+            f"| {_fmt(r.peak_rss_mb, 0)} | {r.errors} |"
+        )
+    return "\n".join(lines)
+
+
+def ratio_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| clients | stream | (b)/(a) HTTP vs engine | (b)/(c) batching vs serial |",
+             "|---:|---|---:|---:|"]
+    for row in rows:
+        lines.append(f"| {row['concurrency']} | {'yes' if row['stream'] else 'no'} "
+                     f"| {_fmt(row['http_over_engine'])} | {_fmt(row['batched_over_serial'])} |")
+    return "\n".join(lines)
+
+
+def plot(results: list[LevelResult], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_tp, ax_lat) = plt.subplots(1, 2, figsize=(12, 4.5))
+    series: dict[tuple[str, bool], list[LevelResult]] = {}
+    for r in results:
+        series.setdefault((r.scenario, r.stream), []).append(r)
+    for (scenario, stream), rs in series.items():
+        rs.sort(key=lambda r: r.concurrency)
+        label = SCENARIO_LABELS[scenario] + (" stream" if stream else "")
+        style = "--" if stream else "-"
+        xs = [r.concurrency for r in rs]
+        line, = ax_tp.plot(xs, [r.images_per_s for r in rs], style, marker="o", label=label)
+        ax_lat.plot(xs, [r.latency_s["p50"] or math.nan for r in rs], style, marker="o",
+                    color=line.get_color(), label=label + " p50")
+        ax_lat.plot(xs, [r.latency_s["p95"] or math.nan for r in rs], ":", marker="x",
+                    color=line.get_color(), label=label + " p95")
+    levels = sorted({r.concurrency for r in results})
+    for ax, ylabel in ((ax_tp, "images / s"), (ax_lat, "latency (s)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(levels, [str(c) for c in levels])
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+    ax_tp.set_title("Throughput")
+    ax_lat.set_title("Latency")
+    ax_tp.legend(fontsize=8)
+    ax_lat.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def machine_info() -> dict[str, Any]:
+    import psutil
+
+    info = {
+        "platform": platform.platform(), "python": platform.python_version(),
+        "cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "cpu": platform.processor() or None,
+    }
+    try:
+        info["git_commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+        ).stdout.strip() or None
+    except Exception:
+        info["git_commit"] = None
+    return info
+
+
+# ---------------------------------------------------------------------------- entry point ----
+async def _run_all(cfg: BenchConfig, spec: ModelSpec) -> list[LevelResult]:
+    results: list[LevelResult] = []
+    with tempfile.TemporaryDirectory(prefix="canvasd-bench-") as image_dir:
+        for scenario in cfg.scenarios:
+            if scenario == "engine":
+                results += await bench_engine(cfg, spec, image_dir)
+                gc.collect()  # let the in-process model go before the servers load theirs
+            else:
+                results += await bench_http(cfg, spec, scenario, image_dir)
+    return results
+
+
+def run_bench(config: BenchConfig | None = None, **overrides: Any) -> dict[str, Any]:
+    """Run the scenarios, write JSON + PNG into `out_dir`, print the tables; return the report."""
+    cfg = replace(config or BenchConfig(), **overrides).effective()
+    spec = model_spec(cfg.model)
+    started = time.strftime("%Y%m%d-%H%M%S")
+    t0 = time.perf_counter()
+    results = asyncio.run(_run_all(cfg, spec))
+    rows = ratios(results)
+    report = {
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        "model": {"id": spec.id, "backend": spec.backend, "path": spec.path,
+                  "simulated": spec.backend == "fake"},
+        "machine": machine_info(),
+        "started": started,
+        "duration_s": round(time.perf_counter() - t0, 1),
+        "results": [asdict(r) for r in results],
+        "ratios": rows,
+    }
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"bench-{spec.id}-{started}"
+    json_path, png_path = stem.with_suffix(".json"), stem.with_suffix(".png")
+    json_path.write_text(json.dumps(report, indent=2))
+    title = f"canvasd bench: {spec.id}" + (" (SIMULATED fake backend)" if spec.backend == "fake" else "")
+    plot(results, png_path, title)
+    report["files"] = {"json": str(json_path), "png": str(png_path)}
+    print()
+    print(markdown_table(results))
+    print()
+    print(ratio_table(rows))
+    print(f"\nwrote {json_path} and {png_path}")
+    return report

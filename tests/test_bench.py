@@ -1,0 +1,51 @@
+"""The benchmark harness, on the fake backend (engine scenario only: no server, no model)."""
+
+from __future__ import annotations
+
+import json
+
+from PIL import Image
+
+from canvasd.bench import LevelResult, percentiles, ratios, request_plan, run_bench, BenchConfig
+
+
+def _level(scenario: str, c: int, ips: float, stream: bool = False) -> LevelResult:
+    return LevelResult(scenario, stream, c, 4, 4, 0, 4, 1.0, ips, percentiles([1.0]), None, 10.0, 1.0)
+
+
+def test_ratios_pair_the_same_level_across_scenarios():
+    rows = ratios([_level("engine", 4, 10), _level("http", 4, 8), _level("http-serial", 4, 2),
+                   _level("http", 8, 9)])
+    assert rows[0] == {"concurrency": 4, "stream": False, "http_over_engine": 0.8,
+                       "batched_over_serial": 4.0}
+    assert rows[1]["http_over_engine"] is None  # no engine run at c=8
+
+
+def test_percentiles_and_mixed_plan():
+    p = percentiles([float(x) for x in range(1, 101)])
+    assert p["p50"] == 50.5 and round(p["p99"], 2) == 99.01
+    plan = request_plan(BenchConfig(mixed=True), 9)
+    assert {(r.size, r.quality) for r in plan} == {
+        (s, q) for s in ("1024x1024", "1536x1024", "1024x1536") for q in ("low", "medium", "high")
+    }
+
+
+def test_engine_scenario_on_fake_writes_json_and_plot(tmp_path):
+    report = run_bench(model="fake", scenarios=("engine",), concurrency=(1, 3), requests=3,
+                       out_dir=tmp_path, progress=False)
+    results = report["results"]
+    assert [(r["stream"], r["concurrency"]) for r in results] == [
+        (False, 1), (False, 3), (True, 1), (True, 3)
+    ]
+    for r in results:
+        assert r["errors"] == 0 and r["images"] == 3 and r["images_per_s"] > 0
+        assert r["latency_s"]["p50"] > 0
+        assert (r["ttfp_s"] is not None) == r["stream"]
+        if r["stream"]:
+            assert 0 < r["ttfp_s"]["p50"] < r["latency_s"]["p50"]
+    # Three concurrent clients share steps: the engine batched them.
+    assert results[1]["mean_batch"] > 1.5
+    saved = json.loads(open(report["files"]["json"]).read())
+    assert saved["model"]["simulated"] is True
+    with Image.open(report["files"]["png"]) as im:
+        assert im.format == "PNG" and im.width > 500
