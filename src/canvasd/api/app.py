@@ -1,0 +1,407 @@
+"""The FastAPI app: OpenAI Images routes (with and without /v1), models, files, health, metrics.
+
+Request path: middleware (request id, access log, metrics, crash → 500 envelope) → auth →
+body intake (JSON / bounded multipart) → rules.validate (→ Job + output options) → engine →
+render (thread) → JSON or SSE. No torch is imported here: backends are reached only through the
+registry and the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from canvasd import metrics
+from canvasd.api import errors as E
+from canvasd.api import rules
+from canvasd.api.protocol import ImageData, Usage, build_response, compute_usage
+from canvasd.api.render import b64, count_tokens, render_all
+from canvasd.api.streaming import sse_response
+from canvasd.api.uploads import (
+    JSON_BODY_MAX,
+    load_form_images,
+    load_json_images,
+    read_limited,
+    read_multipart,
+    total_body_limit,
+)
+from canvasd.backends.base import Cancelled
+from canvasd.config import OPENAI_ALIASES, Settings
+from canvasd.engine.events import EngineError, JobTimeout, QueueFull, ShuttingDown
+from canvasd.media.store import Expired, ImageStore, InvalidSignature, NotFound
+from canvasd.registry import ModelRegistry
+
+log = logging.getLogger("canvasd.api")
+access_log = logging.getLogger("canvasd.access")
+
+IMAGE_ENDPOINTS = ("images/generations", "images/edits", "images/variations")
+
+
+class RequestContext:
+    """Pure ASGI middleware: x-request-id on every response, one access-log line and the HTTP
+    metrics per request, and the OpenAI 500 envelope for anything that escaped the routes."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = "req_" + uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        access: dict[str, Any] = {}
+        state["access"] = access
+        started = time.perf_counter()
+        status: list[int] = []
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+                headers = MutableHeaders(scope=message)
+                if "x-request-id" not in headers:
+                    headers.append("x-request-id", request_id)
+                headers.append("openai-processing-ms", str(int((time.perf_counter() - started) * 1000)))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("unhandled error (request %s)", request_id)
+            if not status:
+                response = E.server_error().response()
+                await response(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            code = status[0] if status else 500
+            endpoint = _endpoint_label(scope.get("path", ""))
+            metrics.REQUESTS.labels(endpoint, str(code)).inc()
+            metrics.REQUEST_SECONDS.labels(endpoint).observe(elapsed)
+            if endpoint not in ("metrics", "health", "ready"):
+                line = {"request_id": request_id, "method": scope.get("method"),
+                        "path": scope.get("path"), "status": code, "total_s": round(elapsed, 3)}
+                line.update(access)
+                access_log.info(json.dumps(line, default=str))
+
+
+def _endpoint_label(path: str) -> str:
+    p = path[3:] if path.startswith("/v1/") else path
+    p = p.strip("/")
+    if p in IMAGE_ENDPOINTS or p in ("models", "health", "ready", "metrics"):
+        return p
+    if p.startswith("images/files/"):
+        return "images/files"
+    if p.startswith("models/"):
+        return "models"
+    return "other"
+
+
+class Service:
+    """Everything the routes share."""
+
+    def __init__(self, settings: Settings, registry: ModelRegistry, engine: Any, store: ImageStore):
+        self.settings = settings
+        self.registry = registry
+        self.engine = engine
+        self.store = store
+        self.created = int(time.time())
+
+    # --- guards ---------------------------------------------------------------------------
+    def authorize(self, request: Request) -> None:
+        keys = self.settings.api_keys
+        if not keys:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise E.missing_api_key()
+        ok = False
+        for key in keys:  # no short circuit: timing does not reveal which key is close
+            ok |= hmac.compare_digest(token.encode(), key.encode())
+        if not ok:
+            raise E.invalid_api_key(token)
+
+    def ensure_ready(self) -> None:
+        if self.registry.load_error is not None:
+            raise E.server_error(f"Model loading failed: {self.registry.load_error}", status=503)
+        if not self.registry.ready:
+            raise E.not_ready("The server is still loading its models; retry in a few seconds.")
+
+    # --- urls -----------------------------------------------------------------------------
+    def public_base(self, request: Request) -> str:
+        if self.settings.public_base_url:
+            return self.settings.public_base_url.rstrip("/")
+        h = request.headers
+
+        def first(name: str) -> str | None:
+            v = h.get(name)
+            return v.split(",")[0].strip() if v else None
+
+        proto = first("x-forwarded-proto") or request.url.scheme
+        host = first("x-forwarded-host") or h.get("host") or f"{self.settings.host}:{self.settings.port}"
+        prefix = (first("x-forwarded-prefix") or "").strip("/")
+        root = request.scope.get("root_path", "").strip("/")
+        path = "/".join(x for x in (prefix, root) if x)
+        return f"{proto}://{host}" + (f"/{path}" if path else "")
+
+    # --- engine errors --------------------------------------------------------------------
+    def map_engine_error(self, exc: BaseException) -> E.OpenAIError:
+        if isinstance(exc, E.OpenAIError):
+            return exc
+        if isinstance(exc, JobTimeout):
+            return E.server_error(
+                f"Image generation did not finish within {self.settings.request_timeout_s:.0f} seconds.")
+        if isinstance(exc, ShuttingDown):
+            return E.server_error("The server is shutting down; retry shortly.", retry=True, status=503)
+        if isinstance(exc, Cancelled):
+            return E.server_error("The request was cancelled.")
+        log.error("generation failed: %r", exc, exc_info=exc)
+        return E.server_error()
+
+    def submit(self, plan: rules.Plan) -> Any:
+        self.ensure_ready()
+        try:
+            return self.engine.submit(plan.job)
+        except QueueFull as exc:
+            metrics.REJECTED.inc()
+            raise E.rate_limited(exc.retry_after, "the server's image queue is full.") from None
+        except ShuttingDown:
+            raise E.server_error("The server is shutting down; retry shortly.", retry=True,
+                                 status=503) from None
+        except EngineError as exc:
+            raise self.map_engine_error(exc) from None
+
+    def usage_for(self, plan: rules.Plan, n_images: int) -> Usage:
+        backend = self.registry.get(plan.job.model)
+        return compute_usage(count_tokens(backend, plan.job.prompt), plan.input_sizes, plan.out, n_images)
+
+    # --- the generation round trip --------------------------------------------------------
+    async def run(self, request: Request, plan: rules.Plan) -> Response:
+        access = request.state.access
+        access.update(model=plan.model, n=plan.job.n, size=plan.out.size, quality=plan.out.quality,
+                      steps=plan.job.steps, stream=plan.out.stream, seed=plan.job.seed)
+        handle = self.submit(plan)
+        if plan.out.stream:
+            return sse_response(handle, plan, lambda n: self.usage_for(plan, n), self.map_engine_error,
+                                access)
+        watcher = asyncio.create_task(_cancel_on_disconnect(request, handle))
+        try:
+            images = await handle.result()
+        except Exception as exc:  # noqa: BLE001
+            if handle.job.cancelled and await request.is_disconnected():
+                access["disconnected"] = True
+                return Response(status_code=499)
+            raise self.map_engine_error(exc) from None
+        finally:
+            watcher.cancel()
+        access.update({k: round(v, 3) for k, v in getattr(handle, "timings", {}).items()})
+        t0 = time.perf_counter()
+        encoded = await anyio.to_thread.run_sync(render_all, images, plan.out)
+        usage = await anyio.to_thread.run_sync(self.usage_for, plan, len(encoded))
+        data = []
+        for blob in encoded:
+            if plan.out.response_format == "url":
+                stored = await anyio.to_thread.run_sync(self.store.save, blob, plan.out.output_format)
+                url = (f"{self.public_base(request)}/v1/images/files/{stored.name}"
+                       f"?{self.store.signed_query(stored)}")
+                data.append(ImageData(url=url))
+            else:
+                data.append(ImageData(b64_json=b64(blob)))
+        access["encode_s"] = round(time.perf_counter() - t0, 3)
+        body = build_response(int(time.time()), data, plan.out, usage, plan.safety_identifier,
+                              plan.job.prompt)
+        return JSONResponse(body)
+
+
+async def _cancel_on_disconnect(request: Request, handle: Any) -> None:
+    """Cancel the job when the client goes away (the request body is already consumed, so the
+    next ASGI message is the disconnect)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            handle.cancel()
+            return
+
+
+def _content_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def _parse_json(body: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise E.invalid_json() from None
+    if not isinstance(data, dict):
+        raise E.bad_request(
+            f"Invalid type for request body: expected an object, but got {E.json_type_name(data)} instead.",
+            None, "invalid_type")
+    return data
+
+
+def create_app(settings: Settings, registry: ModelRegistry | None = None, engine: Any = None) -> FastAPI:
+    registry = registry if registry is not None else ModelRegistry(settings)
+    if engine is None:
+        from canvasd.engine.scheduler import Engine
+
+        engine = Engine(registry.backends, settings)
+    secret = settings.url_secret.encode() if settings.url_secret else os.urandom(32)
+    store = ImageStore(settings.image_dir, secret, settings.url_ttl_s)
+    svc = Service(settings, registry, engine, store)
+    strict = settings.compat == "strict"
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if not settings.api_keys:
+            log.warning("no API keys configured: the API is open to anyone who can reach it "
+                        "(set CANVASD_API_KEYS or --api-key)")
+        if not registry.ready and registry.load_error is None:
+            threading.Thread(target=registry.load_all, name="canvasd-load", daemon=True).start()
+        engine.start()
+        store.start_sweeper(60)
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(engine.shutdown, 10.0)
+            store.stop_sweeper()
+
+    app = FastAPI(title="canvasd", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.service = svc
+    app.add_middleware(RequestContext)
+    E.install_error_handlers(app)
+
+    # --- image endpoints -----------------------------------------------------------------
+    async def generations(request: Request) -> Response:
+        svc.authorize(request)
+        if _content_type(request) in ("multipart/form-data", "application/x-www-form-urlencoded"):
+            raise E.bad_request(
+                "Invalid Content-Type header: /v1/images/generations expects 'application/json'.",
+                None, "invalid_content_type")
+        raw = _parse_json(await read_limited(request.stream(), JSON_BODY_MAX))
+        plan = rules.validate("generations", "json", raw, registry=registry, strict=strict)
+        return await svc.run(request, plan)
+
+    async def edits(request: Request) -> Response:
+        svc.authorize(request)
+        limits = dict(max_upload_bytes=settings.max_upload_bytes, max_upload_pixels=settings.max_upload_pixels)
+        if _content_type(request) == "multipart/form-data":
+            form = await read_multipart(request.headers["content-type"], request.stream(),
+                                        settings.max_upload_bytes)
+            try:
+                plan = await anyio.to_thread.run_sync(lambda: rules.validate(
+                    "edits", "form", form.fields, registry=registry, strict=strict,
+                    load_images=lambda r: load_form_images(form, r), **limits))
+            finally:
+                form.close()
+        else:
+            raw = _parse_json(await read_limited(request.stream(),
+                                                 total_body_limit(settings.max_upload_bytes) * 4 // 3))
+            plan = await anyio.to_thread.run_sync(lambda: rules.validate(
+                "edits", "json", raw, registry=registry, strict=strict,
+                load_images=lambda r: load_json_images(raw, r), **limits))
+        return await svc.run(request, plan)
+
+    async def variations(request: Request) -> Response:
+        svc.authorize(request)
+        if _content_type(request) != "multipart/form-data":
+            raise E.bad_request(
+                "Invalid Content-Type header: /v1/images/variations expects 'multipart/form-data'.",
+                None, "invalid_content_type")
+        form = await read_multipart(request.headers["content-type"], request.stream(),
+                                    settings.max_upload_bytes)
+        try:
+            plan = await anyio.to_thread.run_sync(lambda: rules.validate(
+                "variations", "form", form.fields, registry=registry, strict=strict,
+                load_images=lambda r: load_form_images(form, r),
+                max_upload_bytes=settings.max_upload_bytes, max_upload_pixels=settings.max_upload_pixels))
+        finally:
+            form.close()
+        return await svc.run(request, plan)
+
+    for prefix in ("/v1", ""):
+        app.add_api_route(f"{prefix}/images/generations", generations, methods=["POST"])
+        app.add_api_route(f"{prefix}/images/edits", edits, methods=["POST"])
+        app.add_api_route(f"{prefix}/images/variations", variations, methods=["POST"])
+
+    # --- stored images behind `url` responses --------------------------------------------
+    async def image_file(request: Request, name: str) -> Response:
+        q = request.query_params
+        try:
+            path, media_type = store.open(name, q.get("expires", ""), q.get("sig", ""))
+        except InvalidSignature:
+            raise E.OpenAIError(403, "Invalid image URL: the signature does not match.",
+                                code="invalid_signature") from None
+        except Expired:
+            raise E.OpenAIError(410, "This image URL has expired; generate the image again.",
+                                code="url_expired") from None
+        except NotFound:
+            raise E.OpenAIError(404, "No such image.", code="not_found") from None
+        return FileResponse(path, media_type=media_type,
+                            headers={"Cache-Control": f"private, max-age={settings.url_ttl_s}"})
+
+    app.add_api_route("/v1/images/files/{name}", image_file, methods=["GET"])
+    app.add_api_route("/images/files/{name}", image_file, methods=["GET"])
+
+    # --- models ------------------------------------------------------------------------------
+    def model_entries() -> list[dict[str, Any]]:
+        entries = [{"id": mid, "object": "model", "created": svc.created, "owned_by": "canvasd"}
+                   for mid in registry.backends]
+        names = list(OPENAI_ALIASES) + [a for a in settings.aliases if a not in OPENAI_ALIASES]
+        for name in names:
+            target = registry.resolve(name)
+            if target in registry.backends and name not in registry.backends:
+                entries.append({"id": name, "object": "model", "created": svc.created,
+                                "owned_by": "canvasd", "root": target})
+        return entries
+
+    async def list_models(request: Request) -> Response:
+        svc.authorize(request)
+        return JSONResponse({"object": "list", "data": model_entries()})
+
+    async def get_model(request: Request, model: str) -> Response:
+        svc.authorize(request)
+        for entry in model_entries():
+            if entry["id"] == model:
+                return JSONResponse(entry)
+        raise E.model_not_found(model)
+
+    for prefix in ("/v1", ""):
+        app.add_api_route(f"{prefix}/models", list_models, methods=["GET"])
+        app.add_api_route(f"{prefix}/models/{{model:path}}", get_model, methods=["GET"])
+
+    # --- operations ----------------------------------------------------------------------------
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def ready(request: Request) -> Response:
+        if registry.load_error is not None:
+            raise E.server_error(f"Model loading failed: {registry.load_error}", status=503)
+        if not registry.ready:
+            raise E.not_ready("Models are loading.")
+        stats = engine.stats() if hasattr(engine, "stats") else {}
+        return JSONResponse({"status": "ready", "models": list(registry.backends), "engine": stats})
+
+    async def prometheus(request: Request) -> Response:
+        return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_api_route("/health", health, methods=["GET"])
+    app.add_api_route("/ready", ready, methods=["GET"])
+    app.add_api_route("/metrics", prometheus, methods=["GET"])
+    return app

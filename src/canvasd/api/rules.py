@@ -1,0 +1,678 @@
+"""Request validation: ONE table of per-profile parameter rules, and the validator that turns a
+request body into an engine `Job` plus output options.
+
+Profiles. A request's `model` selects a profile: the OpenAI name's (gpt-image-1, gpt-image-2,
+dall-e-3, …) or ``local`` for a local model id. The profile decides prompt length, `n`, the
+allowed values of `quality` / `size`, the response shape and — in ``strict`` compat mode — which
+parameters the real API refuses on that model. The backend's `Capabilities` then decide what the
+local model can honour (alpha, masks, image input, sizes); a request it can't honour is refused.
+
+Modes (``settings.compat``):
+- ``permissive`` (default): every parameter documented for the endpoint is accepted on every
+  model and honoured by the local model (``response_format=url`` with gpt-image-1, `stream` with
+  dall-e-3, …). Values are still checked against the profile.
+- ``strict``: mirrors the real API's per-model refusals (``response_format`` or ``style`` on GPT
+  image models → ``unknown_parameter``; ``input_fidelity`` on gpt-image-2; ``xhigh`` on
+  gpt-image-2; dall-e-2 uploads must be square PNGs < 4 MB; …). Local model ids behave as in
+  permissive mode.
+In both modes: keys unknown to the endpoint → ``unknown_parameter``; ``null`` = not given (except
+``prompt``/``images``, which are required); values are type- and range-checked; the fault order
+is the measured one: unknown keys → (model) → prompt → images → n → the other parameters.
+
+Extensions (top-level fields, e.g. the SDK's ``extra_body``): `seed`, `num_inference_steps`,
+`guidance_scale`, `negative_prompt`, and on edits/variations `strength`; accepted in both modes.
+
+Resolutions (documented for the README):
+- quality: ``auto`` → the backend's ``default_quality``; ``standard`` → medium, ``hd`` → high;
+  ``xhigh``/``max`` use the backend's step count for them when it has one, else ``high``'s.
+  Steps come from ``capabilities.quality_steps`` unless ``num_inference_steps`` is given.
+- size: ``auto`` (or omitted) → 1024x1024 on OpenAI profiles (edits: the preset closest to the
+  first image's aspect), the backend's native size on local ids. Backends with ``upscales``
+  generate at their native size and the output is fitted to the requested size; others generate
+  at the requested size, which must then be a multiple of ``size_multiple`` within
+  ``min_side..max_side``.
+- background: ``auto`` → ``transparent`` when the backend has native alpha and the output format
+  is png/webp (dall-e profiles: always opaque), else ``opaque``.
+- seed: a random 31-bit seed when not given; image i uses ``seed + i``.
+- input_fidelity (edits): ``high`` keeps more of the input (strength 0.5 unless `strength` given).
+- style, moderation, user, safety_identifier, complexity: validated, then no effect on the image
+  (there is no style model or moderation here); `safety_identifier` (else `user`) is echoed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import secrets
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Literal
+
+from canvasd.api import errors as E
+from canvasd.backends.base import Capabilities
+from canvasd.engine.jobs import Job
+
+if TYPE_CHECKING:  # pragma: no cover
+    from PIL.Image import Image
+
+    from canvasd.registry import ModelRegistry
+
+Endpoint = Literal["generations", "edits", "variations"]
+Source = Literal["json", "form"]
+Shape = Literal["gpt", "dall-e-2", "dall-e-3"]
+
+# --- the parameters every endpoint documents (their union over models) --------------------------
+
+_GPT_OUTPUT = ("output_format", "output_compression", "background", "moderation", "stream",
+               "partial_images", "safety_identifier", "complexity", "frame_count",
+               "frame_duration_ms", "svg")
+EXTENSIONS_GEN = ("seed", "num_inference_steps", "guidance_scale", "negative_prompt")
+EXTENSIONS_EDIT = EXTENSIONS_GEN + ("strength",)
+
+DOCUMENTED: dict[tuple[Endpoint, Source], frozenset[str]] = {
+    ("generations", "json"): frozenset(
+        ("prompt", "model", "n", "quality", "response_format", "size", "style", "user")
+        + _GPT_OUTPUT + EXTENSIONS_GEN),
+    ("edits", "form"): frozenset(
+        ("image", "mask", "markup", "prompt", "model", "n", "size", "quality", "response_format",
+         "input_fidelity", "user") + _GPT_OUTPUT + EXTENSIONS_EDIT),
+    ("edits", "json"): frozenset(
+        ("images", "mask", "prompt", "model", "n", "size", "quality", "response_format",
+         "input_fidelity", "user") + _GPT_OUTPUT + EXTENSIONS_EDIT),
+    ("variations", "form"): frozenset(
+        ("image", "model", "n", "response_format", "size", "user") + EXTENSIONS_EDIT),
+}
+
+# What the real API accepts per profile family (strict mode); extensions always pass.
+_GPT_GEN = frozenset(("prompt", "model", "n", "quality", "size", "user") + _GPT_OUTPUT)
+_GPT_EDIT = frozenset(("image", "images", "mask", "markup", "prompt", "model", "n", "size", "quality",
+                       "input_fidelity", "user") + _GPT_OUTPUT)
+_DALLE2_GEN = frozenset(("prompt", "model", "n", "quality", "response_format", "size", "user"))
+_DALLE2_EDIT = frozenset(("image", "mask", "prompt", "model", "n", "size", "quality",
+                          "response_format", "user"))
+_DALLE2_VAR = frozenset(("image", "model", "n", "response_format", "size", "user"))
+_DALLE3_GEN = _DALLE2_GEN | {"style"}
+
+FIXED_SIZES = ("1024x1024", "1024x1536", "1536x1024")
+
+
+@dataclass(frozen=True)
+class FlexSize:
+    """gpt-image-2 style free WxH (spec §2 size row)."""
+
+    multiple: int = 16
+    max_edge: int = 3840
+    max_ratio: float = 3.0
+    min_pixels: int = 655_360
+    max_pixels: int = 8_294_400
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    shape: Shape
+    prompt_max: int
+    n_max: int
+    quality: tuple[str, ...]  # values accepted (message lists them in this order)
+    sizes: tuple[str, ...] | None  # fixed presets (+ 'auto' where listed); None: flexible
+    flex: FlexSize | None
+    endpoints: frozenset[str]  # endpoints the real API serves for it (strict)
+    strict_params: dict[str, frozenset[str]]  # endpoint -> accepted keys (strict)
+    response_format_default: str = "b64_json"
+    input_fidelity: tuple[str, ...] | None = ("high", "low")  # None: parameter refused (strict)
+    strict_quality_refused: tuple[str, ...] = ()  # e.g. gpt-image-2 + 'xhigh'
+    json_edits: bool = True
+    dalle2_uploads: bool = False  # strict: one square PNG < 4 MB
+
+
+_GPT_PARAMS = {"generations": _GPT_GEN, "edits": _GPT_EDIT}
+_GPT_QUALITY = ("low", "medium", "high", "auto")
+
+GPT_FIXED = Profile(
+    "gpt-image", "gpt", 32000, 10, _GPT_QUALITY, FIXED_SIZES + ("auto",), None,
+    frozenset(("generations", "edits")), _GPT_PARAMS)
+GPT_MINI = Profile(
+    "gpt-image-1-mini", "gpt", 32000, 10, _GPT_QUALITY, FIXED_SIZES + ("auto",), None,
+    frozenset(("generations", "edits")), _GPT_PARAMS, input_fidelity=("low",))
+GPT_2 = Profile(
+    "gpt-image-2", "gpt", 32000, 10, _GPT_QUALITY + ("xhigh", "max"), None, FlexSize(),
+    frozenset(("generations", "edits")), _GPT_PARAMS, input_fidelity=None,
+    strict_quality_refused=("xhigh", "max"))
+GPT_25 = Profile(
+    "gpt-image-2.5", "gpt", 32000, 10, ("low", "medium", "high", "xhigh", "max", "auto"), None,
+    FlexSize(), frozenset(("generations", "edits")), _GPT_PARAMS)
+DALLE2 = Profile(
+    "dall-e-2", "dall-e-2", 1000, 10, ("standard", "auto"), ("256x256", "512x512", "1024x1024", "auto"),
+    None, frozenset(("generations", "edits", "variations")),
+    {"generations": _DALLE2_GEN, "edits": _DALLE2_EDIT, "variations": _DALLE2_VAR},
+    response_format_default="url", input_fidelity=None, json_edits=False, dalle2_uploads=True)
+DALLE3 = Profile(
+    "dall-e-3", "dall-e-3", 4000, 1, ("standard", "hd", "auto"), ("1024x1024", "1792x1024", "1024x1792", "auto"),
+    None, frozenset(("generations",)), {"generations": _DALLE3_GEN},
+    response_format_default="url", input_fidelity=None, json_edits=False)
+LOCAL = Profile(
+    "local", "gpt", 32000, 10, ("low", "medium", "high", "auto", "standard", "hd", "xhigh", "max"),
+    None, None, frozenset(("generations", "edits", "variations")), {})
+
+PROFILES: dict[str, Profile] = {
+    "gpt-image-1": GPT_FIXED,
+    "gpt-image-1-mini": GPT_MINI,
+    "gpt-image-1.5": GPT_FIXED,
+    "chatgpt-image-latest": GPT_FIXED,
+    "gpt-image-2": GPT_2,
+    "gpt-image-2-2026-04-21": GPT_2,
+    "gpt-image-2.5-sunburst": GPT_25,
+    "gpt-image-2.5-sunburst-2026-09-08": GPT_25,
+    "gpt-image-2.5-flare": GPT_25,
+    "gpt-image-2.5-flare-2026-09-08": GPT_25,
+    "gpt-image-2.6-sunburst": GPT_25,  # capabilities undocumented: treated like 2.5
+    "gpt-image-2.6-flare": GPT_25,
+    "dall-e-2": DALLE2,
+    "dall-e-3": DALLE3,
+}
+
+# Ranges (both modes)
+N_MIN = 1
+COMPRESSION = (0, 100)
+PARTIAL_IMAGES = (0, 3)
+STEPS = (1, 500)
+GUIDANCE = (0.0, 50.0)
+STRENGTH = (0.0, 1.0)
+SEED = (0, 2**32 - 1)
+FRAME_COUNT = (2, 16)
+OUTPUT_FORMATS = ("png", "webp", "jpeg")
+BACKGROUNDS = ("transparent", "opaque", "auto")
+MODERATION = ("auto", "low")
+STYLES = ("vivid", "natural")
+RESPONSE_FORMATS = ("url", "b64_json")
+FIDELITY = ("high", "low")
+COMPLEXITY = ("low", "medium", "high")
+SVG_EFFORT = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+QUALITY_ALIASES = {"standard": "medium", "hd": "high"}
+REF_OUTPUT_SIDE = 1024
+SIZE_RE = re.compile(r"^(\d{1,6})x(\d{1,6})$")
+
+
+# --- outputs of validation ----------------------------------------------------------------------
+
+@dataclass
+class InputImages:
+    """Decoded uploads (uploads.py): RGBA images, the first one is the edit target."""
+
+    images: list["Image"] = field(default_factory=list)
+    mask: "Image | None" = None  # RGBA as uploaded (alpha 0 = repaint)
+
+
+@dataclass
+class ImageRules:
+    """What the upload step must enforce for this request."""
+
+    endpoint: Endpoint
+    source: Source
+    strict: bool
+    max_images: int
+    dalle2: bool  # strict dall-e-2: one square PNG < 4 MB, alpha or mask
+    max_bytes: int
+    max_pixels: int
+
+
+@dataclass
+class OutputOptions:
+    endpoint: Endpoint
+    shape: Shape
+    response_format: str  # b64_json | url
+    output_format: str  # png | jpeg | webp
+    compression: int | None
+    transparent: bool
+    width: int  # what the client gets
+    height: int
+    quality: str  # resolved: low | medium | high | xhigh | max
+    background: str  # resolved: transparent | opaque
+    stream: bool
+    partial_images: int
+
+    @property
+    def size(self) -> str:
+        return f"{self.width}x{self.height}"
+
+
+@dataclass
+class Plan:
+    job: Job
+    out: OutputOptions
+    model: str  # as requested (alias or local id)
+    input_sizes: list[tuple[int, int]]
+    safety_identifier: str | None = None
+
+
+ImageLoader = Callable[[ImageRules], InputImages]
+
+
+# --- typed accessors ------------------------------------------------------------------------
+
+class Params:
+    """The request's top-level fields with OpenAI's type errors. Form values arrive as strings."""
+
+    def __init__(self, raw: dict[str, Any], source: Source):
+        self.raw = raw
+        self.source = source
+
+    def given(self, name: str) -> bool:
+        return self.raw.get(name) is not None
+
+    def get(self, name: str) -> Any:
+        return self.raw.get(name)
+
+    def string(self, name: str) -> str | None:
+        v = self.raw.get(name)
+        if v is None:
+            return None
+        if not isinstance(v, str):
+            raise E.invalid_type(name, "a string", v)
+        return v
+
+    def integer(self, name: str, lo: int | None, hi: int | None) -> int | None:
+        v = self.raw.get(name)
+        if v is None:
+            return None
+        if isinstance(v, str) and self.source == "form":
+            if not re.fullmatch(r"\s*[+-]?\d+\s*", v):
+                raise E.invalid_type(name, "an integer", v, unconvertible="an integer")
+            v = int(v)
+        elif isinstance(v, bool) or not isinstance(v, int):
+            raise E.invalid_type(name, "an integer", v)
+        if hi is not None and v > hi:
+            raise E.above_max(name, hi, v)
+        if lo is not None and v < lo:
+            raise E.below_min(name, lo, v)
+        return v
+
+    def number(self, name: str, lo: float, hi: float) -> float | None:
+        v = self.raw.get(name)
+        if v is None:
+            return None
+        if isinstance(v, str) and self.source == "form":
+            try:
+                v = float(v)
+            except ValueError:
+                raise E.invalid_type(name, "a number", v, unconvertible="a number") from None
+        elif isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise E.invalid_type(name, "a number", v)
+        if not math.isfinite(v):
+            raise E.invalid_type(name, "a number", v, unconvertible="a number")
+        if v > hi:
+            raise E.above_max(name, _num(hi), _num(v), kind="decimal")
+        if v < lo:
+            raise E.below_min(name, _num(lo), _num(v), kind="decimal")
+        return float(v)
+
+    def boolean(self, name: str) -> bool | None:
+        v = self.raw.get(name)
+        if v is None:
+            return None
+        if isinstance(v, str) and self.source == "form":
+            low = v.strip().lower()
+            if low in ("true", "false"):
+                return low == "true"
+            raise E.invalid_type(name, "a boolean", v, unconvertible="a boolean")
+        if not isinstance(v, bool):
+            raise E.invalid_type(name, "a boolean", v)
+        return v
+
+    def enum(self, name: str, allowed: tuple[str, ...], listed: tuple[str, ...] | None = None) -> str | None:
+        v = self.raw.get(name)
+        if v is None:
+            return None
+        listed = listed or allowed
+        if not isinstance(v, str):
+            raise E.invalid_type(name, E.enum_expected(listed), v)
+        if v not in allowed:
+            raise E.invalid_value(name, v, listed)
+        return v
+
+
+def _num(x: float) -> float | int:
+    return int(x) if float(x).is_integer() else x
+
+
+# --- the validator --------------------------------------------------------------------------
+
+@dataclass
+class Target:
+    """The requested model resolved: profile + local backend."""
+
+    requested: str
+    local_id: str
+    profile: Profile
+    caps: Capabilities
+
+    @property
+    def is_local(self) -> bool:
+        return self.profile is LOCAL
+
+
+def resolve_model(requested: Any, registry: "ModelRegistry") -> Target:
+    if requested is None:
+        local_id = registry.settings.default_model
+        return Target(local_id, local_id, LOCAL, registry.capabilities(local_id))
+    if not isinstance(requested, str):
+        raise E.invalid_type("model", "a string", requested)
+    local_id = registry.resolve(requested)
+    if local_id is None or local_id not in registry.backends:
+        raise E.model_not_found(requested)
+    profile = LOCAL if requested in registry.backends else PROFILES.get(requested, LOCAL)
+    return Target(requested, local_id, profile, registry.capabilities(local_id))
+
+
+def validate(
+    endpoint: Endpoint,
+    source: Source,
+    raw: dict[str, Any],
+    *,
+    registry: "ModelRegistry",
+    strict: bool,
+    load_images: ImageLoader | None = None,
+    max_upload_bytes: int = 50 * 1024 * 1024,
+    max_upload_pixels: int = 4096 * 4096,
+) -> Plan:
+    """Check a request body in the measured fault order and build the engine Job."""
+    p = Params(raw, source)
+    documented = DOCUMENTED[(endpoint, source)]
+
+    # 1. keys unknown to the endpoint (whatever their value, null included)
+    for key in raw:
+        if key not in documented:
+            raise E.unknown_parameter(key)
+
+    # 2. model -> profile, then the real API's per-model refusals (strict)
+    target = resolve_model(raw.get("model"), registry)
+    prof, caps = target.profile, target.caps
+    if strict and not target.is_local:
+        if endpoint not in prof.endpoints or (endpoint == "edits" and source == "json" and not prof.json_edits):
+            supported = [m for m, pr in PROFILES.items() if endpoint in pr.endpoints
+                         and (endpoint != "edits" or source == "form" or pr.json_edits)]
+            raise E.invalid_value("model", target.requested, supported)
+        accepted = prof.strict_params[endpoint] | set(EXTENSIONS_EDIT)
+        for key in raw:
+            if key not in accepted:
+                raise E.unknown_parameter(key)
+
+    # 3. prompt
+    prompt = ""
+    if endpoint != "variations":
+        if "prompt" not in raw:
+            raise E.missing_required("prompt")
+        prompt = raw["prompt"]
+        if not isinstance(prompt, str):
+            raise E.invalid_type("prompt", "a string", prompt)
+        if prompt == "":
+            raise E.empty_string("prompt")
+        if len(prompt) > prof.prompt_max:
+            raise E.string_too_long("prompt", prof.prompt_max, len(prompt))
+
+    # 4. images
+    inputs = InputImages()
+    if endpoint != "generations":
+        if load_images is None:  # pragma: no cover - programming error
+            raise RuntimeError("edits/variations need an image loader")
+        max_images = 1 if endpoint == "variations" else min(16, max(1, caps.max_input_images))
+        dalle2 = strict and prof.dalle2_uploads
+        if dalle2 and endpoint == "edits":
+            max_images = 1
+        inputs = load_images(ImageRules(endpoint, source, strict, max_images, dalle2,
+                                        max_upload_bytes, max_upload_pixels))
+
+    # 5. n
+    n = p.integer("n", N_MIN, prof.n_max) or 1
+
+    # 6. the other parameters, table order
+    quality_req = p.enum("quality", prof.quality, _listed_quality(prof))
+    if strict and quality_req in prof.strict_quality_refused:
+        raise E.bad_request(f"The model '{target.requested}' does not support quality '{quality_req}'.",
+                            "quality", "invalid_value")
+    size_req = p.string("size")
+    response_format = p.enum("response_format", RESPONSE_FORMATS)
+    output_format = p.enum("output_format", OUTPUT_FORMATS) or "png"
+    compression = p.integer("output_compression", *COMPRESSION)
+    background_req = p.enum("background", BACKGROUNDS)
+    p.enum("moderation", MODERATION)
+    p.enum("style", STYLES)
+    fidelity = p.enum("input_fidelity", FIDELITY)
+    if strict and fidelity is not None and not target.is_local:
+        _check_fidelity(target, fidelity)
+    stream = bool(p.boolean("stream"))
+    partial_images = p.integer("partial_images", *PARTIAL_IMAGES) or 0
+    user = p.string("user")
+    safety_identifier = p.string("safety_identifier")
+    p.enum("complexity", COMPLEXITY)
+    _refuse_unsupported_formats(p)
+    seed = p.integer("seed", *SEED)
+    steps_req = p.integer("num_inference_steps", *STEPS)
+    guidance = p.number("guidance_scale", *GUIDANCE)
+    negative = p.string("negative_prompt")
+    strength = p.number("strength", *STRENGTH)
+
+    # 7. cross-field rules
+    if output_format == "png" and compression is not None and compression < 100:
+        raise E.bad_request(
+            "Invalid 'output_compression': the 'png' output format is lossless and only supports "
+            "output_compression=100; use 'jpeg' or 'webp' for compression.",
+            "output_compression", "invalid_png_output_compression")
+    if background_req == "transparent" and output_format == "jpeg":
+        raise E.bad_request(
+            "Invalid value: 'jpeg'. A 'transparent' background requires output_format 'png' or 'webp'.",
+            "output_format", "invalid_value")
+    if endpoint == "variations" and stream:  # pragma: no cover - stream is not a variations key
+        raise E.unknown_parameter("stream")
+
+    # 8. what the local model can honour
+    if endpoint == "generations" and not caps.text_to_image:
+        raise E.bad_request(f"The model '{target.requested}' does not support text-to-image generation; "
+                            "use /v1/images/edits.", "model", "unsupported_model")
+    if endpoint != "generations" and not caps.image_to_image:
+        raise E.bad_request(f"The model '{target.requested}' does not support image input "
+                            f"(/v1/images/{endpoint}).", "image", "unsupported_model")
+    if inputs.mask is not None and not caps.inpaint:
+        raise E.bad_request(f"The model '{target.requested}' does not support masks (inpainting); "
+                            "send the edit without 'mask'.", "mask", "unsupported_parameter")
+    if background_req == "transparent" and not caps.alpha:
+        raise E.bad_request(f"The model '{target.requested}' cannot produce transparent backgrounds; "
+                            "use background 'opaque' or 'auto'.", "background", "invalid_value")
+    if negative is not None and not caps.negative_prompt:
+        raise E.bad_request(f"The model '{target.requested}' does not support 'negative_prompt'.",
+                            "negative_prompt", "unsupported_parameter")
+
+    # 9. resolve
+    quality = _resolve_quality(quality_req, caps)
+    steps = steps_req or _steps_for(quality, caps)
+    out_w, out_h = _resolve_size(size_req, target, endpoint, inputs)
+    if caps.upscales:
+        job_w, job_h = caps.native_size
+    else:
+        _check_generatable(out_w, out_h, target)
+        job_w, job_h = out_w, out_h
+    transparent = _resolve_background(background_req, output_format, prof, caps)
+    if seed is None:
+        seed = secrets.randbelow(2**31)
+    if strength is None and fidelity == "high" and endpoint == "edits":
+        strength = 0.5
+
+    init_images = [_fit(im, job_w, job_h) for im in inputs.images]
+    mask = _mask_for_job(inputs.mask, job_w, job_h) if inputs.mask is not None else None
+
+    job = Job(
+        kind={"generations": "generate", "edits": "edit", "variations": "variation"}[endpoint],
+        model=target.local_id, prompt=prompt, n=n, width=job_w, height=job_h, steps=steps,
+        guidance_scale=caps.default_guidance if guidance is None else guidance, seed=seed,
+        negative_prompt=negative, strength=strength, init_images=init_images, mask=mask,
+        transparent=transparent, partial_images=partial_images if stream else 0,
+    )
+    out = OutputOptions(
+        endpoint=endpoint, shape=prof.shape,
+        response_format=response_format or prof.response_format_default,
+        output_format=output_format, compression=compression, transparent=transparent,
+        width=out_w, height=out_h, quality=quality,
+        background="transparent" if transparent else "opaque",
+        stream=stream, partial_images=partial_images if stream else 0,
+    )
+    return Plan(job=job, out=out, model=target.requested,
+                input_sizes=[im.size for im in inputs.images],
+                safety_identifier=safety_identifier or user)
+
+
+def _listed_quality(prof: Profile) -> tuple[str, ...]:
+    return prof.quality
+
+
+def _check_fidelity(target: Target, fidelity: str) -> None:
+    allowed = target.profile.input_fidelity
+    if allowed is None:
+        raise E.bad_request(
+            f"The model '{target.requested}' does not support the 'input_fidelity' parameter.",
+            "input_fidelity", "invalid_input_fidelity_model", type=E.USER_ERROR)
+    if fidelity not in allowed:
+        raise E.bad_request(
+            f"Invalid value: '{fidelity}'. The model '{target.requested}' only supports input_fidelity "
+            f"{E.quote_list(allowed)}.", "input_fidelity", "invalid_value")
+
+
+def _refuse_unsupported_formats(p: Params) -> None:
+    """gif/svg output (and their options) need OpenAI preview access; this server has neither."""
+    frame_count = p.integer("frame_count", *FRAME_COUNT)
+    frame_ms = p.integer("frame_duration_ms", 0, 655_350)
+    svg = p.get("svg")
+    if svg is not None and not isinstance(svg, dict):
+        raise E.invalid_type("svg", "an object", svg)
+    if isinstance(svg, dict):
+        for key in svg:
+            if key not in ("model", "reasoning"):
+                raise E.unknown_parameter(f"svg.{key}")
+    for name, given in (("frame_count", frame_count), ("frame_duration_ms", frame_ms), ("svg", svg)):
+        if given is not None:
+            fmt = "svg" if name == "svg" else "gif"
+            raise E.bad_request(
+                f"Invalid '{name}': it only applies to output_format '{fmt}', which this server does "
+                "not support (supported: 'png', 'webp', and 'jpeg').", name, "unsupported_parameter")
+
+
+def _resolve_quality(requested: str | None, caps: Capabilities) -> str:
+    q = requested or "auto"
+    if q == "auto":
+        q = caps.default_quality
+    q = QUALITY_ALIASES.get(q, q)
+    if q not in caps.quality_steps and q not in ("xhigh", "max"):
+        q = caps.default_quality
+    return q
+
+
+def _steps_for(quality: str, caps: Capabilities) -> int:
+    if quality in caps.quality_steps:
+        return caps.quality_steps[quality]
+    return caps.quality_steps.get("high", max(caps.quality_steps.values()))
+
+
+def parse_size(value: str) -> tuple[int, int] | None:
+    m = SIZE_RE.match(value)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def _resolve_size(size: str | None, target: Target, endpoint: Endpoint,
+                  inputs: InputImages) -> tuple[int, int]:
+    prof, caps = target.profile, target.caps
+    if size is None or size == "auto":
+        return _auto_size(target, endpoint, inputs)
+    if prof.sizes is not None:  # fixed presets
+        if size not in prof.sizes:
+            raise E.invalid_value("size", size, prof.sizes)
+        return parse_size(size)  # type: ignore[return-value]
+    wh = parse_size(size)
+    if wh is None:
+        raise E.bad_request(f"Invalid size '{size}'. Expected WIDTHxHEIGHT, for example '1824x1024'.",
+                            "size", "invalid_value", type=E.USER_ERROR)
+    w, h = wh
+    if prof.flex is not None:
+        _check_flex(size, w, h, prof.flex)
+    else:  # local profile: what the backend can make / fit
+        if w < 1 or h < 1 or max(w, h) > caps.max_side or (not caps.upscales and min(w, h) < caps.min_side):
+            raise E.bad_request(
+                f"Invalid size '{size}'. Width and height must be between {caps.min_side if not caps.upscales else 1} "
+                f"and {caps.max_side} for model '{target.requested}'.", "size", "invalid_value")
+    return w, h
+
+
+def _check_flex(size: str, w: int, h: int, flex: FlexSize) -> None:
+    def fail(reason: str) -> E.OpenAIError:
+        return E.bad_request(f"Invalid size '{size}'. {reason}", "size", "invalid_value", type=E.USER_ERROR)
+
+    if w % flex.multiple or h % flex.multiple or w == 0 or h == 0:
+        raise fail(f"Width and height must both be divisible by {flex.multiple}.")
+    if max(w, h) > flex.max_edge:
+        raise fail(f"The longest edge must be at most {flex.max_edge} pixels.")
+    if max(w, h) > flex.max_ratio * min(w, h):
+        raise fail("The aspect ratio must be between 1:3 and 3:1.")
+    if not flex.min_pixels <= w * h <= flex.max_pixels:
+        raise fail(f"The total number of pixels must be between {flex.min_pixels} and {flex.max_pixels}.")
+
+
+def _auto_size(target: Target, endpoint: Endpoint, inputs: InputImages) -> tuple[int, int]:
+    caps = target.caps
+    first = inputs.images[0].size if inputs.images else None
+    if target.is_local:
+        if first is None or caps.upscales:
+            return caps.native_size
+        # keep the input's aspect at about the native pixel count, snapped to the backend's grid
+        area = caps.native_size[0] * caps.native_size[1]
+        scale = math.sqrt(area / (first[0] * first[1]))
+        m = caps.size_multiple
+        w = min(caps.max_side, max(caps.min_side, round(first[0] * scale / m) * m))
+        h = min(caps.max_side, max(caps.min_side, round(first[1] * scale / m) * m))
+        return w, h
+    if first is not None and target.profile.shape == "gpt":
+        ratio = first[0] / first[1]
+        if ratio >= 1.25:
+            return 1536, 1024
+        if ratio <= 0.8:
+            return 1024, 1536
+    return REF_OUTPUT_SIDE, REF_OUTPUT_SIDE
+
+
+def _check_generatable(w: int, h: int, target: Target) -> None:
+    caps = target.caps
+    m = caps.size_multiple
+    if w % m or h % m or min(w, h) < caps.min_side or max(w, h) > caps.max_side:
+        raise E.bad_request(
+            f"Invalid size '{w}x{h}'. The local model '{target.local_id}' generates sizes whose width "
+            f"and height are multiples of {m} between {caps.min_side} and {caps.max_side}.",
+            "size", "invalid_value")
+
+
+def _resolve_background(requested: str | None, output_format: str, prof: Profile,
+                        caps: Capabilities) -> bool:
+    if requested == "transparent":
+        return True
+    if requested == "opaque" or prof.shape != "gpt":
+        return False
+    return caps.alpha and output_format in ("png", "webp")
+
+
+def _fit(image: "Image", w: int, h: int) -> "Image":
+    from canvasd.media.resize import fit_image
+
+    if image.size == (w, h):
+        return image
+    return fit_image(image, w, h, sharpen_alpha=False)
+
+
+def _mask_for_job(mask: "Image", w: int, h: int) -> "Image":
+    """Uploaded RGBA mask (alpha 0 = edit) -> Job mask "L" (255 = repaint), fitted like the image;
+    letterbox padding is 'keep'."""
+    from PIL import Image as PILImage
+
+    alpha = mask.getchannel("A")
+    repaint = alpha.point(lambda a: 255 if a == 0 else 0)
+    if repaint.size == (w, h):
+        return repaint
+    carrier = PILImage.merge("RGBA", (repaint, repaint, repaint, PILImage.new("L", repaint.size, 255)))
+    fitted = _fit(carrier, w, h)
+    # padding is transparent (alpha 0) -> keep; inside, the (resampled) red channel is the mask
+    r, _, _, a = fitted.split()
+    return PILImage.composite(r.point(lambda v: 255 if v >= 128 else 0), PILImage.new("L", (w, h), 0), a)
