@@ -71,6 +71,7 @@ class BenchConfig:
     threads: int | None = None  # torch threads; None: all cores
     level_timeout_s: float = 300.0  # a level stops sending after this long
     ready_timeout_s: float = 600.0  # server start + model load
+    app_factory: str = "canvasd.api.app:create_app"  # module:function(settings, ...) -> ASGI app
     out_dir: Path = Path("benchmarks/results")
     quick: bool = False  # concurrency 1,4; 4 requests per level (x2 at c=4); streamed and not
     progress: bool = True
@@ -327,12 +328,13 @@ async def bench_engine(cfg: BenchConfig, spec: ModelSpec, image_dir: str) -> lis
 
 
 # ---------------------------------------------------------------------------- (b)/(c) HTTP ---
-def _create_app(settings: Settings, spec: ModelSpec):
+def _create_app(settings: Settings, spec: ModelSpec, factory: str):
     """The API's app factory; backends are injected when the bench model is the fake one."""
+    import importlib
     import inspect
 
-    from canvasd.api.app import create_app
-
+    module_name, _, attr = factory.partition(":")
+    create_app = getattr(importlib.import_module(module_name), attr)
     if spec.backend != "fake":
         return create_app(settings)
     params = inspect.signature(create_app).parameters
@@ -346,7 +348,7 @@ def _create_app(settings: Settings, spec: ModelSpec):
     raise RuntimeError("create_app accepts neither backends= nor registry=: cannot serve the fake")
 
 
-def _serve_child(settings: Settings, spec: ModelSpec, port_queue) -> None:  # pragma: no cover
+def _serve_child(settings: Settings, spec: ModelSpec, factory: str, port_queue) -> None:  # pragma: no cover
     """Child process: bind a free loopback port, report it, serve until SIGTERM."""
     import logging
 
@@ -357,7 +359,7 @@ def _serve_child(settings: Settings, spec: ModelSpec, port_queue) -> None:  # pr
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((LOOPBACK, 0))
     port_queue.put(sock.getsockname()[1])
-    app = _create_app(settings, spec)
+    app = _create_app(settings, spec, factory)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
                                            timeout_graceful_shutdown=30))
     server.run(sockets=[sock])
@@ -366,10 +368,10 @@ def _serve_child(settings: Settings, spec: ModelSpec, port_queue) -> None:  # pr
 class ServerProcess:
     """A canvasd server in a child process on 127.0.0.1 (stopped with SIGTERM, then joined)."""
 
-    def __init__(self, settings: Settings, spec: ModelSpec):
+    def __init__(self, settings: Settings, spec: ModelSpec, factory: str):
         ctx = mp.get_context("spawn")
         self._port_queue = ctx.Queue()
-        self.proc = ctx.Process(target=_serve_child, args=(settings, spec, self._port_queue),
+        self.proc = ctx.Process(target=_serve_child, args=(settings, spec, factory, self._port_queue),
                                 name="canvasd-bench-server", daemon=True)
         self.port = 0
 
@@ -435,7 +437,7 @@ async def bench_http(cfg: BenchConfig, spec: ModelSpec, scenario: str, image_dir
     from openai import AsyncOpenAI
 
     settings = scenario_settings(cfg, spec, scenario == "http", image_dir)
-    server = ServerProcess(settings, spec)
+    server = ServerProcess(settings, spec, cfg.app_factory)
     try:
         await asyncio.to_thread(server.start, cfg.ready_timeout_s)
         await wait_ready(server, cfg.ready_timeout_s)
