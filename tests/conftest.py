@@ -1,0 +1,154 @@
+"""Shared fixtures: a real uvicorn server on a loopback port, and THE backend the API tests use.
+
+`api_backend_factory` is the one place that decides which model backs the API tests (a torch-free
+fake drawing seed-dependent shapes with real alpha). Switch it to the embedded model when its
+tiny-weights fixture exists; the tests only assume a stepwise, alpha-native, inpainting backend.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import httpx
+import pytest
+from PIL import Image, ImageDraw
+
+from canvasd.backends.base import Capabilities, Sample
+from canvasd.backends.fake import FakeBackend
+from canvasd.config import ModelSpec, Settings
+from canvasd.engine.jobs import Job
+from canvasd.registry import ModelRegistry
+
+API_MODEL_ID = "test-model"
+
+
+class ShapeBackend(FakeBackend):
+    """FakeBackend whose images have real alpha: a seed-coloured disc on a transparent canvas
+    (previews grow the disc), at the 64 px native size like the embedded model (`upscales`).
+    Edits paint the disc over the first input image, so the input shows through."""
+
+    def __init__(self, id: str = API_MODEL_ID, *, step_s: float = 0.0, alpha: bool = True,
+                 inpaint: bool = True, image_to_image: bool = True, upscales: bool = True,
+                 native: int = 64):
+        super().__init__(id, step_s=step_s, native_size=(native, native))
+        self.capabilities = Capabilities(
+            image_to_image=image_to_image, inpaint=inpaint, alpha=alpha, stepwise=True,
+            max_batch=8, native_size=(native, native), upscales=upscales, size_multiple=8,
+            min_side=64, max_side=2048, quality_steps={"low": 2, "medium": 3, "high": 4},
+            default_quality="medium",
+        )
+        self.jobs: list[Job] = []
+
+    def start(self, job: Job) -> list[Sample]:
+        self.jobs.append(job)
+        return super().start(job)
+
+    def _draw(self, job: Job, seed: int, fraction: float) -> Image.Image:
+        w, h = job.width, job.height
+        base = job.init_images[0].copy() if job.init_images else Image.new("RGBA", (w, h), (0, 0, 0, 0))
+        colour = ((seed * 37 + 11) % 256, (seed * 91 + 53) % 256, (seed * 151 + 97) % 256, 255)
+        r = max(2, int(min(w, h) * 0.4 * max(fraction, 0.1)))
+        cx, cy = w // 2 + (seed % 7) - 3, h // 2
+        ImageDraw.Draw(base).ellipse((cx - r, cy - r, cx + r, cy + r), fill=colour)
+        return base
+
+    def preview(self, sample: Sample) -> Image.Image:
+        self.previews.append((sample.job.id, sample.index, sample.step))
+        return self._draw(sample.job, sample.job.seed + sample.index, sample.step / max(sample.total_steps, 1))
+
+    def finish(self, samples: list[Sample]) -> list[Image.Image]:
+        return [self._draw(s.job, s.job.seed + s.index, 1.0) for s in samples]
+
+
+@pytest.fixture(scope="session")
+def api_backend_factory() -> Callable[..., Any]:
+    """Builds the backend for API tests (one place to switch to the real embedded model)."""
+    return ShapeBackend
+
+
+def make_settings(tmp: Path, **overrides: Any) -> Settings:
+    s = Settings(models=[ModelSpec(API_MODEL_ID, "emoji")], image_dir=tmp / "images", url_secret="test-secret")
+    for k, v in overrides.items():
+        setattr(s, k, v)
+    return s
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class LiveServer:
+    url: str
+    settings: Settings
+    registry: ModelRegistry
+    backend: Any
+    engine: Any
+    _server: Any = field(repr=False, default=None)
+    _thread: threading.Thread | None = field(repr=False, default=None)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=15)
+
+
+def start_server(settings: Settings, registry: ModelRegistry, engine: Any = None,
+                 backend: Any = None) -> LiveServer:
+    import uvicorn
+
+    from canvasd.api.app import create_app
+
+    app = create_app(settings, registry, engine)
+    port = _free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
+                            timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if server.started:
+            try:
+                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+        time.sleep(0.02)
+    else:
+        server.should_exit = True
+        raise RuntimeError("live server did not become ready")
+    return LiveServer(url, settings, registry, backend, app.state.service.engine, server, thread)
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory: pytest.TempPathFactory,
+                api_backend_factory: Callable[..., Any]) -> Iterator[Callable[..., LiveServer]]:
+    """Factory: ``live_server(backend=None, engine=None, registry=None, **settings_overrides)``
+    starts uvicorn on a free loopback port, waits for /ready and returns a LiveServer
+    (``.url`` is the base URL without /v1). Servers stop at the end of the module."""
+    started: list[LiveServer] = []
+
+    def start(backend: Any = None, engine: Any = None, registry: ModelRegistry | None = None,
+              **overrides: Any) -> LiveServer:
+        settings = make_settings(tmp_path_factory.mktemp("canvasd"), **overrides)
+        if registry is None:
+            backend = backend if backend is not None else api_backend_factory()
+            registry = ModelRegistry(settings, {backend.id: backend})
+            settings.models = [ModelSpec(backend.id, "emoji")]
+        server = start_server(settings, registry, engine, backend)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
