@@ -172,7 +172,7 @@ async def test_round_robin_between_keys_batches_each_key(make_engine):
 
 
 async def test_flood_of_one_key_does_not_starve_another(make_engine):
-    fake = FakeBackend(step_s=0.002)
+    fake = FakeBackend(step_s=0.005)
     engine = make_engine([fake], max_batch=4)
     engine.start()
     flood: list = []

@@ -73,13 +73,13 @@ class BenchConfig:
     ready_timeout_s: float = 600.0  # server start + model load
     app_factory: str = "canvasd.api.app:create_app"  # module:function(settings, ...) -> ASGI app
     out_dir: Path = Path("benchmarks/results")
-    quick: bool = False  # concurrency 1,4; 4 requests per level (x2 at c=4); streamed and not
+    quick: bool = False  # concurrency 1,4 and max(4, 2 x concurrency) requests per level
     progress: bool = True
 
     def effective(self) -> "BenchConfig":
         cfg = self
         if cfg.quick:
-            cfg = replace(cfg, concurrency=(1, 4), requests=cfg.requests or 4)
+            cfg = replace(cfg, concurrency=(1, 4))
         unknown = set(cfg.scenarios) - set(SCENARIOS)
         if unknown:
             raise ValueError(f"unknown scenarios {sorted(unknown)}; choose from {SCENARIOS}")
@@ -88,7 +88,10 @@ class BenchConfig:
         return cfg
 
     def requests_at(self, c: int) -> int:
-        base = self.requests if self.requests else max(8, 3 * c)
+        if self.requests:
+            base = self.requests
+        else:
+            base = max(4, 2 * c) if self.quick else max(8, 3 * c)
         return max(base, c)  # every client sends at least one request
 
     def stream_modes(self) -> list[bool]:
