@@ -49,3 +49,12 @@ def test_engine_scenario_on_fake_writes_json_and_plot(tmp_path):
     assert saved["model"]["simulated"] is True
     with Image.open(report["files"]["png"]) as im:
         assert im.format == "PNG" and im.width > 500
+
+
+def test_http_scenario_on_fake_through_the_real_app_and_openai_sdk(tmp_path):
+    report = run_bench(model="fake", scenarios=("http",), concurrency=(2,), requests=2,
+                       stream="on", out_dir=tmp_path, progress=False)
+    (r,) = report["results"]
+    assert r["errors"] == 0, r["first_error"]
+    assert r["images"] == 2 and r["ttfp_s"]["p50"] < r["latency_s"]["p50"]
+    assert r["peak_rss_mb"] > 0 and r["mean_batch"] is not None

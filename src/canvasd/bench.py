@@ -53,6 +53,7 @@ MIXED_SIZES = ("1024x1024", "1536x1024", "1024x1536")
 MIXED_QUALITIES = ("low", "medium", "high")
 FAKE_MODEL = "fake"
 LOOPBACK = "127.0.0.1"
+BENCH_KEY = "canvasd-bench-key"  # the servers the bench starts accept only this key
 
 
 @dataclass
@@ -179,7 +180,7 @@ def build_backends(spec: ModelSpec) -> dict[str, Any]:
 def scenario_settings(cfg: BenchConfig, spec: ModelSpec, batching: bool, image_dir: str) -> Settings:
     max_c = max(cfg.concurrency)
     s = Settings(models=[spec], batching=batching, torch_threads=cfg.threads,
-                 max_queue=max(64, 4 * max_c), image_dir=Path(image_dir))
+                 max_queue=max(64, 4 * max_c), image_dir=Path(image_dir), api_keys=[BENCH_KEY])
     if cfg.max_batch:
         s.max_batch = cfg.max_batch
     return s
@@ -445,7 +446,7 @@ async def bench_http(cfg: BenchConfig, spec: ModelSpec, scenario: str, image_dir
         await asyncio.to_thread(server.start, cfg.ready_timeout_s)
         await wait_ready(server, cfg.ready_timeout_s)
         assert server.base_url.startswith(f"http://{LOOPBACK}:")
-        client = AsyncOpenAI(base_url=server.base_url + "/v1", api_key="canvasd-bench",
+        client = AsyncOpenAI(base_url=server.base_url + "/v1", api_key=BENCH_KEY,
                              max_retries=0, timeout=cfg.level_timeout_s + 60)
 
         async def do_request(req: RequestSpec, stream: bool) -> tuple[float, float | None, int]:
