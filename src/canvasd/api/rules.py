@@ -113,7 +113,7 @@ class Profile:
     prompt_max: int
     n_max: int
     quality: tuple[str, ...]  # values accepted (message lists them in this order)
-    sizes: tuple[str, ...] | None  # fixed presets (+ 'auto' where listed); None: flexible
+    sizes: tuple[str, ...] | None  # fixed presets as listed in errors ('auto' always accepted); None: flexible
     flex: FlexSize | None
     endpoints: frozenset[str]  # endpoints the real API serves for it (strict)
     strict_params: dict[str, frozenset[str]]  # endpoint -> accepted keys (strict)
@@ -141,12 +141,12 @@ GPT_25 = Profile(
     "gpt-image-2.5", "gpt", 32000, 10, ("low", "medium", "high", "xhigh", "max", "auto"), None,
     FlexSize(), frozenset(("generations", "edits")), _GPT_PARAMS)
 DALLE2 = Profile(
-    "dall-e-2", "dall-e-2", 1000, 10, ("standard", "auto"), ("256x256", "512x512", "1024x1024", "auto"),
+    "dall-e-2", "dall-e-2", 1000, 10, ("standard", "auto"), ("256x256", "512x512", "1024x1024"),
     None, frozenset(("generations", "edits", "variations")),
     {"generations": _DALLE2_GEN, "edits": _DALLE2_EDIT, "variations": _DALLE2_VAR},
     response_format_default="url", input_fidelity=None, json_edits=False, dalle2_uploads=True)
 DALLE3 = Profile(
-    "dall-e-3", "dall-e-3", 4000, 1, ("standard", "hd", "auto"), ("1024x1024", "1792x1024", "1024x1792", "auto"),
+    "dall-e-3", "dall-e-3", 4000, 1, ("standard", "hd", "auto"), ("1024x1024", "1792x1024", "1024x1792"),
     None, frozenset(("generations",)), {"generations": _DALLE3_GEN},
     response_format_default="url", input_fidelity=None, json_edits=False)
 LOCAL = Profile(
