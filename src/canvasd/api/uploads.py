@@ -400,7 +400,7 @@ def _finish(images: list[tuple[Any, str]], mask: tuple[Any, str] | None, rules: 
         first = images[0][0]
         if first.size[0] != first.size[1]:
             raise E.bad_request("Uploaded image must be square.", image_params[0], "invalid_image_file")
-        if mask is None and rules.endpoint == "edits" and not has_alpha(first):
+        if mask is None and rules.endpoint == "edits" and not (first.mode in ("RGBA", "LA", "L") or has_alpha(first)):
             raise E.bad_request(
                 f"Invalid input image - format must be in ['RGBA', 'LA', 'L'], got {first.mode}.",
                 image_params[0], "invalid_image_format")
