@@ -59,7 +59,7 @@ class LiveServer:
 
 
 def start_server(settings: Settings, registry: ModelRegistry, engine: Any = None,
-                 backend: Any = None) -> LiveServer:
+                 backend: Any = None, wait_ready: bool = True) -> LiveServer:
     import uvicorn
 
     from canvasd.api.app import create_app
@@ -74,6 +74,8 @@ def start_server(settings: Settings, registry: ModelRegistry, engine: Any = None
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
+        if server.started and not wait_ready:
+            break
         if server.started:
             try:
                 if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
@@ -90,19 +92,20 @@ def start_server(settings: Settings, registry: ModelRegistry, engine: Any = None
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory: pytest.TempPathFactory,
                 api_backend_factory: Callable[..., Any]) -> Iterator[Callable[..., LiveServer]]:
-    """Factory: ``live_server(backend=None, engine=None, registry=None, **settings_overrides)``
-    starts uvicorn on a free loopback port, waits for /ready and returns a LiveServer
+    """Factory: ``live_server(backend=None, engine=None, registry=None, wait_ready=True,
+    **settings_overrides)`` starts uvicorn on a free loopback port, waits for /ready (unless
+    wait_ready=False) and returns a LiveServer
     (``.url`` is the base URL without /v1). Servers stop at the end of the module."""
     started: list[LiveServer] = []
 
     def start(backend: Any = None, engine: Any = None, registry: ModelRegistry | None = None,
-              **overrides: Any) -> LiveServer:
+              wait_ready: bool = True, **overrides: Any) -> LiveServer:
         settings = make_settings(tmp_path_factory.mktemp("canvasd"), **overrides)
         if registry is None:
             backend = backend if backend is not None else api_backend_factory()
             registry = ModelRegistry(settings, {backend.id: backend})
             settings.models = [ModelSpec(backend.id, "emoji")]
-        server = start_server(settings, registry, engine, backend)
+        server = start_server(settings, registry, engine, backend, wait_ready)
         started.append(server)
         return server
 
