@@ -20,7 +20,10 @@ from canvasd.backends.diffusers_backend import (  # noqa: E402
     _x0_of,
 )
 from canvasd.engine.jobs import Job  # noqa: E402
-from tiny_pipelines import build_tiny_sd_pipeline, write_not_a_pipeline  # noqa: E402
+from tiny_pipelines import build_tiny_sd_pipeline, with_scheduler, write_not_a_pipeline  # noqa: E402
+
+# diffusers' schedulers call np.array(tensor, copy=False) under numpy 2: noise, not our concern
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -310,3 +313,50 @@ def test_x0_taken_from_scheduler_outputs():
     out = dpm.step(eps, t, latents)
     alpha, sigma = dpm._sigma_to_alpha_sigma_t(dpm.sigmas[0])
     assert torch.allclose(_x0_of(dpm, out), (latents - sigma * eps) / alpha, atol=1e-5)
+
+
+def test_stepwise_img2img_with_resized_rgba_input_matches_pipeline(backend):
+    j = job(kind="variation", prompt="", steps=6, strength=0.7, width=40, height=32,
+            init_images=[init_image(8, (50, 50))])
+    whole = backend.run(j, keep_going)[0]
+    stepped = run_stepwise(backend, j, keep_going)[0]
+    assert whole.size == stepped.size == (40, 32)
+    assert np.abs(pixels(whole) - pixels(stepped)).max() <= 1
+
+
+def test_edit_without_input_image_is_refused(backend):
+    with pytest.raises(ValueError, match="no input image"):
+        backend.run(job(kind="edit"), keep_going)
+    with pytest.raises(ValueError, match="no input image"):
+        backend.start(job(kind="variation", prompt=""))
+
+
+@pytest.mark.parametrize(
+    "scheduler,config",
+    [
+        ("DDIMScheduler", {"clip_sample": False, "set_alpha_to_one": False}),
+        ("EulerAncestralDiscreteScheduler", {}),  # stochastic: draws from each image's generator
+        ("UniPCMultistepScheduler", {}),
+    ],
+)
+def test_other_schedulers_stepwise_equals_whole_job_with_x0_previews(
+    tiny_sd_path, tmp_path_factory, scheduler, config
+):
+    folder = with_scheduler(tiny_sd_path, tmp_path_factory.mktemp(scheduler), scheduler, **config)
+    b = DiffusersBackend("alt", str(folder))
+    b.load()
+    assert type(b._pipe("text2img").scheduler).__name__ == scheduler
+    j = job(model="alt", n=2, steps=5, seed=31)
+    previews = []
+    whole = b.run(j, lambda s, t, p: previews.append(p()) or True)
+    stepped = run_stepwise(b, j, keep_going)
+    again = b.run(j, keep_going)
+    for x, y, z in zip(whole, stepped, again):
+        assert np.array_equal(pixels(x), pixels(z))  # seeded, even for ancestral sampling
+        assert np.abs(pixels(x) - pixels(y)).max() <= 1
+    # previews decode x0 predictions: they differ from step to step and match the image shape
+    assert len(previews) == 5 and all(len(p) == 2 and p[0].size == (32, 32) for p in previews)
+    assert not np.array_equal(pixels(previews[0][0]), pixels(previews[-2][0]))
+    samples = b.start(j)
+    b.step(samples)
+    assert samples[0].x0 is not None  # the scheduler exposed a clean-image prediction

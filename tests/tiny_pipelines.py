@@ -120,6 +120,31 @@ def build_tiny_sd_pipeline(path: Path, scheduler: str = "dpm") -> Path:
     return path
 
 
+def with_scheduler(src: Path, dst: Path, class_name: str, **config) -> Path:
+    """A copy of pipeline `src` whose scheduler is swapped (configs only; weights are linked)."""
+    dst = Path(dst)
+    if (dst / "model_index.json").exists():
+        return dst
+    for item in Path(src).rglob("*"):
+        target = dst / item.relative_to(src)
+        if item.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        elif item.suffix in (".safetensors", ".bin"):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(item.resolve())
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(item.read_bytes())
+    index = json.loads((dst / "model_index.json").read_text())
+    index["scheduler"] = ["diffusers", class_name]
+    (dst / "model_index.json").write_text(json.dumps(index, indent=2))
+    sched_path = dst / "scheduler" / "scheduler_config.json"
+    sched = json.loads(sched_path.read_text())
+    sched.update(_class_name=class_name, **config)
+    sched_path.write_text(json.dumps(sched, indent=2))
+    return dst
+
+
 def write_not_a_pipeline(path: Path) -> Path:
     """A folder that looks like a model but is not a diffusers pipeline."""
     path.mkdir(parents=True, exist_ok=True)

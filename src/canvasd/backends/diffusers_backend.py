@@ -22,6 +22,7 @@ that expose none (e.g. flow-matching Euler) preview their current latents.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import json
 import logging
@@ -232,6 +233,8 @@ class _StepTap:
     def __enter__(self) -> "_StepTap":
         original = self.scheduler.step
 
+        # wraps(): pipelines inspect step's signature to decide whether to pass `generator`/`eta`
+        @functools.wraps(original)
         def step(*args: Any, **kwargs: Any) -> Any:
             want_dict = kwargs.pop("return_dict", True)
             out = original(*args, return_dict=True, **kwargs)
@@ -266,15 +269,21 @@ class DiffusersSample(Sample):
     mask: Any = None  # (1, 1, h, w), 1 = repaint
 
 
-def _rgb(image: "Image") -> "Image":
-    """Edit inputs arrive RGBA: transparent regions become white, as in the encoder."""
+def _init_rgb(job: "Job") -> "Image":
+    """The edit target as RGB at the job's size: transparent regions become white (as in the
+    encoder), then LANCZOS to width x height (img2img pipelines take their size from the image)."""
     from PIL import Image as PILImage
 
-    if image.mode == "RGB":
-        return image
-    rgba = image.convert("RGBA")
-    white = PILImage.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return PILImage.alpha_composite(white, rgba).convert("RGB")
+    if not job.init_images:
+        raise ValueError(f"{job.kind} job {job.id} has no input image")
+    image = job.init_images[0]
+    if image.mode != "RGB":
+        rgba = image.convert("RGBA")
+        white = PILImage.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = PILImage.alpha_composite(white, rgba).convert("RGB")
+    if image.size != (job.width, job.height):
+        image = image.resize((job.width, job.height), PILImage.Resampling.LANCZOS)
+    return image
 
 
 # ---------------------------------------------------------------------------------------------
@@ -418,13 +427,9 @@ class DiffusersBackend:
                 "output_type": "pil",
             }
             if task != "text2img":
-                if not job.init_images:
-                    raise ValueError(f"{job.kind} job {job.id} has no input image")
                 strength = self._strength(job, task)
-                init = _rgb(job.init_images[0])
-                if init.size != (job.width, job.height):  # img2img takes its size from the image
-                    init = init.resize((job.width, job.height), resample=3)  # BICUBIC
-                args.update(image=init, strength=strength, num_inference_steps=self._steps_for(job, strength))
+                steps = self._steps_for(job, strength)
+                args.update(image=_init_rgb(job), strength=strength, num_inference_steps=steps)
                 if task == "inpaint":
                     args["mask_image"] = job.mask.convert("L")
             params = inspect.signature(pipe.__call__).parameters
@@ -481,10 +486,8 @@ class DiffusersBackend:
             steps = self._steps_for(job, strength)
             init = mask = None
             if task != "text2img":
-                if not job.init_images:
-                    raise ValueError(f"{job.kind} job {job.id} has no input image")
                 init = pipe.image_processor.preprocess(
-                    _rgb(job.init_images[0]), height=job.height, width=job.width
+                    _init_rgb(job), height=job.height, width=job.width
                 ).to(torch.float32)
             if task == "inpaint":
                 mask_processor = self._pipe("inpaint").mask_processor
