@@ -110,3 +110,11 @@ def test_usage_rules():
     assert output_image_tokens("low", 1024, 1024) == 272
     assert input_image_tokens(1024, 1024) == 85 + 170 * 4  # 768x768 -> 2x2 tiles
     assert input_image_tokens(64, 64) == 85 + 170
+
+
+def test_dalle2_edit_without_mask_uses_the_image_alpha():
+    img = Image.new("RGBA", (64, 64), (255, 0, 0, 255))
+    img.paste((0, 0, 0, 0), (0, 0, 32, 64))
+    p = plan({"model": "dall-e-2"}, endpoint="edits", images=[img])
+    assert p.job.mask is not None and p.job.mask.getpixel((5, 5)) == 255 and p.job.mask.getpixel((50, 5)) == 0
+    assert plan({"model": "gpt-image-1"}, endpoint="edits", images=[img]).job.mask is None

@@ -240,6 +240,12 @@ async def _cancel_on_disconnect(request: Request, handle: Any) -> None:
             return
 
 
+def _note_model(request: Request, raw: dict[str, Any]) -> None:
+    """The requested model goes into the access log even when validation refuses the request."""
+    if isinstance(raw.get("model"), str):
+        request.state.access["model"] = raw["model"][:100]
+
+
 def _content_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
@@ -295,6 +301,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None, engine
                 "Invalid Content-Type header: /v1/images/generations expects 'application/json'.",
                 None, "invalid_content_type")
         raw = _parse_json(await read_limited(request.stream(), JSON_BODY_MAX))
+        _note_model(request, raw)
         plan = rules.validate("generations", "json", raw, registry=registry, strict=strict)
         return await svc.run(request, plan)
 
@@ -304,6 +311,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None, engine
         if _content_type(request) == "multipart/form-data":
             form = await read_multipart(request.headers["content-type"], request.stream(),
                                         settings.max_upload_bytes)
+            _note_model(request, form.fields)
             try:
                 plan = await anyio.to_thread.run_sync(lambda: rules.validate(
                     "edits", "form", form.fields, registry=registry, strict=strict,
@@ -313,6 +321,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None, engine
         else:
             raw = _parse_json(await read_limited(request.stream(),
                                                  total_body_limit(settings.max_upload_bytes) * 4 // 3))
+            _note_model(request, raw)
             plan = await anyio.to_thread.run_sync(lambda: rules.validate(
                 "edits", "json", raw, registry=registry, strict=strict,
                 load_images=lambda r: load_json_images(raw, r), **limits))
@@ -326,6 +335,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None, engine
                 None, "invalid_content_type")
         form = await read_multipart(request.headers["content-type"], request.stream(),
                                     settings.max_upload_bytes)
+        _note_model(request, form.fields)
         try:
             plan = await anyio.to_thread.run_sync(lambda: rules.validate(
                 "variations", "form", form.fields, registry=registry, strict=strict,

@@ -421,6 +421,12 @@ def validate(
         inputs = load_images(ImageRules(endpoint, source, strict, max_images, dalle2,
                                         max_upload_bytes, max_upload_pixels))
 
+    # dall-e-2's documented edit rule: without a mask, the image's own transparent pixels are the
+    # area to edit
+    if (endpoint == "edits" and prof is DALLE2 and inputs.mask is None and inputs.images
+            and inputs.images[0].getchannel("A").getextrema()[0] == 0):
+        inputs.mask = inputs.images[0]
+
     # 5. n
     n = p.integer("n", N_MIN, prof.n_max) or 1
 
