@@ -352,7 +352,7 @@ def _create_app(settings: Settings, spec: ModelSpec, factory: str):
     raise RuntimeError("create_app accepts neither backends= nor registry=: cannot serve the fake")
 
 
-def _serve_child(settings: Settings, spec: ModelSpec, factory: str, port_queue) -> None:  # pragma: no cover
+def _serve_child(settings: Settings, spec: ModelSpec, factory: str, port_conn) -> None:  # pragma: no cover
     """Child process: bind a free loopback port, report it, serve until SIGTERM."""
     import logging
 
@@ -362,7 +362,8 @@ def _serve_child(settings: Settings, spec: ModelSpec, factory: str, port_queue) 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((LOOPBACK, 0))
-    port_queue.put(sock.getsockname()[1])
+    port_conn.send(sock.getsockname()[1])
+    port_conn.close()
     app = _create_app(settings, spec, factory)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
                                            timeout_graceful_shutdown=30))
@@ -374,8 +375,8 @@ class ServerProcess:
 
     def __init__(self, settings: Settings, spec: ModelSpec, factory: str):
         ctx = mp.get_context("spawn")
-        self._port_queue = ctx.Queue()
-        self.proc = ctx.Process(target=_serve_child, args=(settings, spec, factory, self._port_queue),
+        self._port_conn, child_conn = ctx.Pipe(duplex=False)  # a pipe: no semaphores to leak
+        self.proc = ctx.Process(target=_serve_child, args=(settings, spec, factory, child_conn),
                                 name="canvasd-bench-server", daemon=True)
         self.port = 0
 
@@ -385,7 +386,10 @@ class ServerProcess:
 
     def start(self, timeout_s: float) -> None:
         self.proc.start()
-        self.port = self._port_queue.get(timeout=timeout_s)
+        if not self._port_conn.poll(timeout_s):
+            raise TimeoutError("server process did not report its port")
+        self.port = self._port_conn.recv()
+        self._port_conn.close()
 
     def stop(self) -> None:
         if self.proc.is_alive():
