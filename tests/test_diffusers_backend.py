@@ -360,3 +360,32 @@ def test_other_schedulers_stepwise_equals_whole_job_with_x0_previews(
     samples = b.start(j)
     b.step(samples)
     assert samples[0].x0 is not None  # the scheduler exposed a clean-image prediction
+
+
+# -- through the engine ----------------------------------------------------------------------
+
+
+async def test_engine_batches_jobs_and_matches_images_made_alone(backend):
+    from canvasd.config import ModelSpec, Settings
+    from canvasd.engine.events import JobFinished, PartialImage
+    from canvasd.engine.scheduler import Engine
+
+    settings = Settings(models=[ModelSpec(id="tiny-sd", backend="diffusers")], torch_threads=1)
+    engine = Engine({"tiny-sd": backend}, settings)
+    engine.start()
+    try:
+        a = job(n=2, steps=6, seed=41, partial_images=2)
+        b = job(prompt="a blue bird", n=1, steps=4, seed=7, guidance_scale=1.0)
+        ha, hb = engine.submit(a), engine.submit(b)
+        events = [ev async for ev in ha.events()]
+        images_b = await hb.result()
+    finally:
+        engine.shutdown(10)
+    partials = [ev for ev in events if isinstance(ev, PartialImage)]
+    assert sorted((p.image_index, p.partial_index) for p in partials) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert all(p.image.size == (32, 32) for p in partials)
+    assert isinstance(events[-1], JobFinished)
+    for got, alone in zip(events[-1].images, backend.run(job(n=2, steps=6, seed=41), keep_going)):
+        assert np.abs(pixels(got) - pixels(alone)).max() <= 1
+    alone_b = backend.run(job(prompt="a blue bird", steps=4, seed=7, guidance_scale=1.0), keep_going)[0]
+    assert np.abs(pixels(images_b[0]) - pixels(alone_b)).max() <= 1
