@@ -431,7 +431,7 @@ def validate(
     n = p.integer("n", N_MIN, prof.n_max) or 1
 
     # 6. the other parameters, table order
-    quality_req = p.enum("quality", prof.quality, _listed_quality(prof))
+    quality_req = p.enum("quality", prof.quality)
     if strict and quality_req in prof.strict_quality_refused:
         raise E.bad_request(f"The model '{target.requested}' does not support quality '{quality_req}'.",
                             "quality", "invalid_value")
@@ -467,8 +467,6 @@ def validate(
         raise E.bad_request(
             "Invalid value: 'jpeg'. A 'transparent' background requires output_format 'png' or 'webp'.",
             "output_format", "invalid_value")
-    if endpoint == "variations" and stream:  # pragma: no cover - stream is not a variations key
-        raise E.unknown_parameter("stream")
 
     # 8. what the local model can honour
     if endpoint == "generations" and not caps.text_to_image:
@@ -523,10 +521,6 @@ def validate(
     return Plan(job=job, out=out, model=target.requested,
                 input_sizes=[im.size for im in inputs.images],
                 safety_identifier=safety_identifier or user)
-
-
-def _listed_quality(prof: Profile) -> tuple[str, ...]:
-    return prof.quality
 
 
 def _check_fidelity(target: Target, fidelity: str) -> None:
