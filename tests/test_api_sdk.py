@@ -194,6 +194,7 @@ def test_json_edit_with_data_url(server):
     assert decode(r.json()["data"][0]["b64_json"]).size == (128, 128)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # create_variation is deprecated in the SDK
 def test_variation(client):
     r = client.images.create_variation(image=("v.png", png_bytes((256, 256)), "image/png"), model="dall-e-2",
                                        size="256x256", response_format="b64_json", n=2)
