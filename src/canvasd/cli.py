@@ -138,6 +138,74 @@ def generate(
         typer.echo(str(path))
 
 
+_PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+@app.command(context_settings=_PASSTHROUGH)
+def train(
+    ctx: typer.Context,
+    build_data: Annotated[
+        bool, typer.Option("--build-data", help="Only build the emoji dataset (cached) and exit.")
+    ] = False,
+    data_dir: Annotated[Path, typer.Option(help="Dataset folder.")] = Path("data"),
+) -> None:
+    """Train the embedded model (resumes from runs/<name>/ckpt.pt). `canvasd train --help` for all
+    options; the dataset is built first when missing."""
+    from canvasd.training.data import build_dataset
+
+    if "--help" in ctx.args or "-h" in ctx.args:
+        from canvasd.training import train as train_mod
+
+        train_mod.main(["--help"])
+    path = build_dataset(data_dir)
+    typer.echo(f"dataset: {path}")
+    if build_data:
+        return
+    from canvasd.training import train as train_mod
+
+    train_mod.main(["--data-dir", str(data_dir), *ctx.args])
+
+
+@app.command(name="eval", context_settings=_PASSTHROUGH)
+def evaluate(ctx: typer.Context) -> None:
+    """Evaluate the embedded model: concept accuracy, diversity, contact sheet, speed.
+    `canvasd eval --help` for options."""
+    from canvasd.training import eval as eval_mod
+
+    eval_mod.main(list(ctx.args))
+
+
+@app.command()
+def bench(
+    model: Annotated[
+        Optional[str], typer.Option(help="name=/path (diffusers folder), 'fake', or the embedded model.")
+    ] = None,
+    concurrency: Annotated[str, typer.Option(help="Comma-separated levels.")] = "1,2,4,8,16",
+    requests: Annotated[Optional[int], typer.Option(help="Requests per level.")] = None,
+    scenarios: Annotated[str, typer.Option(help="Subset of engine,http,http-serial.")] = "",
+    stream: Annotated[str, typer.Option(help="off | on | both")] = "both",
+    partial_images: int = 2,
+    size: str = "1024x1024",
+    quality: str = "low",
+    mixed: Annotated[bool, typer.Option(help="Cycle sizes x qualities.")] = False,
+    max_batch: Optional[int] = None,
+    threads: Optional[int] = None,
+    quick: Annotated[bool, typer.Option(help="Concurrency 1,4; few requests.")] = False,
+    out_dir: Path = Path("benchmarks/results"),
+) -> None:
+    """Benchmark side by side: raw engine, HTTP with batching, HTTP serial (the peers' design)."""
+    from canvasd.bench import BenchConfig, run_bench
+
+    overrides = dict(
+        model=model, concurrency=tuple(int(c) for c in concurrency.split(",")), requests=requests,
+        stream=stream, partial_images=partial_images, size=size, quality=quality, mixed=mixed,
+        max_batch=max_batch, threads=threads, quick=quick, out_dir=out_dir,
+    )
+    if scenarios:
+        overrides["scenarios"] = tuple(scenarios.split(","))
+    run_bench(BenchConfig(), **overrides)
+
+
 def main() -> None:  # console script entry
     try:
         app()
