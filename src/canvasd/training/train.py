@@ -180,7 +180,7 @@ def export(ckpt_path: str | Path, weights_dir: str | Path, use_ema: bool = True)
     """Write fp16 safetensors + config.json (architecture, scheduler, text encoder, recipe)."""
     from safetensors.torch import save_file
 
-    from canvasd.backends.emoji.sampler import DEFAULT_GUIDANCE, QUALITY_STEPS
+    from canvasd.backends.emoji.sampler import DEFAULT_GUIDANCE, QUALITY_STEPS, ROW_MULTIPLE
 
     ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     sd = ck["ema" if use_ema else "model"]
@@ -196,7 +196,7 @@ def export(ckpt_path: str | Path, weights_dir: str | Path, use_ema: bool = True)
                       "sampler_options": {"algorithm_type": "dpmsolver++", "solver_order": 2}},
         "text_encoder": {"package": mcfg.text_encoder, "model": "sentence-transformers/all-MiniLM-L6-v2",
                          "max_tokens": mcfg.max_tokens, "pooled": "mean, L2-normalised"},
-        "sampling": {"quality_steps": QUALITY_STEPS, "default_guidance": DEFAULT_GUIDANCE},
+        "sampling": {"quality_steps": QUALITY_STEPS, "default_guidance": DEFAULT_GUIDANCE, "row_multiple": ROW_MULTIPLE},
         "training": {
             "recipe": {k: v for k, v in cfg.items() if k != "model"},
             "step": ck["step"],

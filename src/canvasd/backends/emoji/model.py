@@ -63,7 +63,6 @@ class ModelConfig:
             "num_train_timesteps": self.num_train_timesteps,
             "beta_schedule": self.beta_schedule,
             "prediction_type": self.prediction_type,
-            "clip_sample": False,
         }
 
 
@@ -91,7 +90,9 @@ def build_unet(cfg: ModelConfig):
 
 def rgba_uint8_to_model(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """(N,H,W,4) uint8 straight-alpha RGBA -> (N,4,H,W) float premultiplied in [-1, 1]."""
-    x = torch.as_tensor(np.asarray(images)).float().div_(255.0).permute(0, 3, 1, 2)
+    if isinstance(images, np.ndarray) and not images.flags.writeable:
+        images = images.copy()
+    x = torch.as_tensor(images).float().div_(255.0).permute(0, 3, 1, 2)
     x = torch.cat([x[:, :3] * x[:, 3:4], x[:, 3:4]], dim=1)
     return x.mul_(2).sub_(1)
 
@@ -172,7 +173,7 @@ class TextEncoder:
         return self._tok
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     @torch.inference_mode()
     def encode(self, prompts: list[str], batch_size: int = 64) -> TextCond:

@@ -1,0 +1,156 @@
+"""The embedded emoji model: training loop (tiny config), export, and the stepwise backend."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+torch = pytest.importorskip("torch")
+
+from canvasd.backends.emoji.backend import EmojiBackend, EmojiWeightsMissing  # noqa: E402
+from canvasd.engine.jobs import Job  # noqa: E402
+from canvasd.training.train import TrainConfig, export, train  # noqa: E402
+from canvasd.training.trainset import make_synthetic_dataset  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("emoji")
+    data = make_synthetic_dataset(root / "data")
+    cfg = TrainConfig.tiny(name="t", data_dir=str(data), runs_dir=str(root / "runs"), max_steps=3)
+    first = train(cfg, progress_bar=False)
+    assert first["step"] == 3
+    # resume: same run name, higher budget -> continues from the checkpoint's step
+    cfg2 = TrainConfig.tiny(name="t", data_dir=str(data), runs_dir=str(root / "runs"), max_steps=5)
+    second = train(cfg2, export_to=root / "weights", progress_bar=False)
+    return root, first, second
+
+
+@pytest.fixture(scope="module")
+def backend(trained):
+    root, _, _ = trained
+    b = EmojiBackend("canvasd-emoji", str(root / "weights"))
+    b.load()
+    return b
+
+
+def _job(**kw) -> Job:
+    kw.setdefault("kind", "generate")
+    kw.setdefault("model", "canvasd-emoji")
+    kw.setdefault("prompt", "red apple")
+    kw.setdefault("steps", 4)
+    kw.setdefault("seed", 1)
+    return Job(**kw)
+
+
+def _run(b: EmojiBackend, job: Job) -> list[Image.Image]:
+    return b.run(job, lambda done, total, preview: True)
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_training_checkpoints_resumes_and_exports(trained):
+    root, first, second = trained
+    run = root / "runs" / "t"
+    ck = torch.load(run / "ckpt.pt", weights_only=False)
+    assert ck["step"] == 5 and second["step"] == 5
+    assert {"model", "ema", "opt", "np_rng", "torch_rng"} <= set(ck)
+    steps = [int(r["step"]) for r in csv.DictReader((run / "loss.csv").open())]
+    assert steps == [1, 2, 3, 4, 5]  # the resumed run continued at step 4
+    cfg = json.loads((root / "weights" / "config.json").read_text())
+    assert cfg["training"]["step"] == 5 and cfg["model"]["block_out_channels"] == [32, 32, 32]
+    assert (run / "loss.png").stat().st_size > 0
+    # export from any checkpoint
+    out = export(run / "ckpt.pt", root / "w2")
+    from safetensors.torch import load_file
+
+    sd = load_file(str(out / "model.safetensors"))
+    assert all(v.dtype == torch.float16 for v in sd.values())
+
+
+def test_missing_weights_is_a_clear_error(tmp_path):
+    with pytest.raises(EmojiWeightsMissing, match="weights not found"):
+        EmojiBackend("canvasd-emoji", str(tmp_path))
+
+
+def test_capabilities_without_loading(trained):
+    root, _, _ = trained
+    b = EmojiBackend("canvasd-emoji", str(root / "weights"))
+    caps = b.capabilities
+    assert caps.alpha and caps.stepwise and caps.inpaint and caps.upscales
+    assert caps.native_size == (64, 64) and caps.max_prompt_tokens == 16
+    assert set(caps.quality_steps) == {"low", "medium", "high"}
+    assert b._pipe is None
+    assert b.batch_key(_job()) == b.batch_key(_job(prompt="cat", kind="edit"))
+
+
+def test_generation_is_64px_rgba_and_seeded(backend):
+    a = _run(backend, _job(n=2, seed=10))
+    assert [im.size for im in a] == [(64, 64)] * 2 and all(im.mode == "RGBA" for im in a)
+    decoded = Image.open(io.BytesIO(_png(a[0])))
+    assert decoded.mode == "RGBA" and decoded.size == (64, 64)
+    again = _run(backend, _job(n=2, seed=10))
+    assert _png(a[0]) == _png(again[0]) and _png(a[1]) == _png(again[1])
+    assert _png(a[0]) != _png(a[1])  # image i uses seed + i
+    # image 1 of seed 10 is image 0 of seed 11: reproducible on its own
+    assert _png(_run(backend, _job(seed=11))[0]) == _png(a[1])
+
+
+def test_batched_steps_match_stepping_alone(backend):
+    j1 = _job(prompt="red apple", seed=5, steps=5)
+    j2 = _job(prompt="blue car", seed=7, steps=4, n=2, guidance_scale=3.0)
+    j3 = _job(kind="variation", prompt="", seed=3, steps=5, init_images=[Image.new("RGBA", (80, 80), (0, 0, 255, 255))])
+    s1, s2, s3 = backend.start(j1), backend.start(j2), backend.start(j3)
+    backend.step(s2)  # the others join one step later: different step indices in one batch
+    live = s1 + s2 + s3
+    while not all(s.done for s in live):
+        backend.step([s for s in live if not s.done])
+    together = backend.finish(s1) + backend.finish(s3)
+    alone = _run(backend, j1) + _run(backend, j3)
+    for t, a in zip(together, alone):  # exact: the UNet batch is padded to ROW_MULTIPLE rows
+        assert _png(t) == _png(a)
+
+
+def test_img2img_and_inpaint_keep_region(backend):
+    init = Image.new("RGBA", (128, 128), (200, 30, 30, 255))
+    out = _run(backend, _job(kind="edit", init_images=[init], strength=0.5))[0]
+    assert out.size == (64, 64) and out.mode == "RGBA"
+    mask = Image.new("L", (128, 128), 0)
+    mask.paste(255, (0, 0, 64, 128))  # repaint the left half, keep the right
+    out = np.asarray(_run(backend, _job(kind="edit", init_images=[init], mask=mask))[0])
+    assert (out[:, 34:] == [200, 30, 30, 255]).all()
+    var = _run(backend, _job(kind="variation", prompt="", init_images=[init], n=2))
+    assert len(var) == 2 and var[0].size == (64, 64)
+
+
+def test_preview_mid_run_and_tokens(backend):
+    samples = backend.start(_job(steps=4, partial_images=2))
+    backend.step(samples)
+    prev = backend.preview(samples[0])
+    assert prev.size == (64, 64) and prev.mode == "RGBA"
+    previews = []
+
+    def on_step(done, total, preview):
+        if done == 2:
+            previews.extend(preview())
+        return True
+
+    backend.run(_job(steps=4), on_step)
+    assert len(previews) == 1 and previews[0].size == (64, 64)
+    assert backend.count_tokens("a red apple") > 0
+
+
+def test_cancel_stops_run(backend):
+    from canvasd.backends.base import Cancelled
+
+    with pytest.raises(Cancelled):
+        backend.run(_job(steps=4), lambda done, total, preview: False)
