@@ -430,6 +430,28 @@ async def test_metrics_add_up(make_engine):
     assert stats["steps_done"] == 4
 
 
+async def test_running_batch_gauge_is_zero_after_the_last_job_is_cancelled(make_engine):
+    # regression (found by test_e2e_load): when the group's last job left by cancellation rather
+    # than by finishing, the gauge kept showing the last step's batch size on an idle engine
+    fake = FakeBackend()
+    engine = make_engine([fake])
+    h = engine.submit(job(steps=50))
+    fake.pause_at(2)
+    engine.start()
+    await paused(fake)
+    assert metric("canvasd_running_batch") == 1
+    h.cancel()
+    fake.resume()
+    with pytest.raises(Cancelled):
+        await h.result()
+    deadline = time.monotonic() + 5
+    while engine.stats()["active_jobs"] and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    assert engine.stats()["active_jobs"] == 0
+    assert metric("canvasd_running_batch") == 0
+
+
 def test_engine_module_does_not_import_torch():
     code = "import sys, canvasd.engine.scheduler, canvasd.backends.fake; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -272,6 +272,7 @@ class Engine:
                     self._sweep_running_locked(self._group, now)
                     if not self._group.entries:
                         self._group = None
+                        metrics.RUNNING_BATCH.set(0)  # its last jobs may have left by cancellation
                 if self._group is None:
                     if self._closing:
                         break
