@@ -46,10 +46,11 @@ from tiny_pipelines import build_tiny_sd_pipeline  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
-# Batched CPU GEMMs round differently from batch-of-one ones, so an image made among batch mates
-# may differ by a few levels from the same request made alone (alpha-weighted, see
-# e2e_support.max_visible_diff); images of another seed or prompt differ by ~100+.
-BATCH_TOLERANCE = 4
+# Batched CPU GEMMs can round differently for different batch sizes (the emoji sampler pads its
+# UNet batch to make rows bit-identical, which holds up to 12 rows here but not from 16 rows on),
+# so an image made among batch mates may differ by a level or two from the same request made
+# alone (alpha-weighted, see e2e_support.max_visible_diff); another seed or prompt differs by ~100+.
+BATCH_TOLERANCE = 3
 LONG_STEPS = 300  # abandoned requests: far longer than the client waits (>= 15 ms per step)
 CANCEL_AFTER_S = 1.0
 
@@ -268,6 +269,8 @@ def test_32_concurrent_sdk_requests(server, model):
     assert metric(text, "canvasd_queue_depth") == 0 and metric(text, "canvasd_running_batch") == 0
 
     # no cross-talk: each image is the one the same request makes alone, afterwards
+    diffs: list[int] = []
+
     async def references() -> None:
         client = _aclient(server.url)
         for r in ok:
@@ -276,10 +279,13 @@ def test_32_concurrent_sdk_requests(server, model):
             alone = [decode(d.b64_json) for d in (await call(**kw)).data]
             for k, (got, ref) in enumerate(zip(r.images, alone)):
                 diff = max_visible_diff(got, ref)
+                diffs.append(diff)
                 assert diff <= BATCH_TOLERANCE, f"request {r.i} image {k}: differs by {diff} from alone"
         await client.close()
 
     asyncio.run(references())
+    print(f"storm {storm_s:.2f}s; image differences from alone: max {max(diffs)}, "
+          f"{sum(d > 0 for d in diffs)}/{len(diffs)} not identical")
     assert storm_s < 60
 
 

@@ -40,12 +40,8 @@ from e2e_support import (  # noqa: E402
 )
 from tiny_pipelines import build_tiny_sd_pipeline  # noqa: E402
 
-# diffusers' schedulers call np.array(tensor, copy=False) under numpy 2: noise, not our concern;
-# the SDK marks create_variation deprecated (the hosted endpoint is retired)
-pytestmark = [
-    pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore::DeprecationWarning:openai"),
-]
+# diffusers' schedulers call np.array(tensor, copy=False) under numpy 2: noise, not our concern
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 FAST = {"num_inference_steps": 2}
 
@@ -166,8 +162,10 @@ def test_seed_repeats_bytes_and_another_seed_differs(case: Case):
     assert [d.b64_json for d in a.data] == [d.b64_json for d in b.data]
     # image 1 of seed 1234 is image 0 of seed 1235: each image is reproducible on its own
     c = case.client.images.generate(**{**kw, "n": 1}, extra_body={**FAST, "seed": 1235})
-    # (not byte-equal: alone, it ran in a batch of one, and batched CPU GEMMs round differently)
-    assert max_visible_diff(decode(c.data[0].b64_json), decode(a.data[1].b64_json)) <= 3
+    if case.name == "emoji":  # its sampler pads UNet batches so small batches are bit-identical
+        assert c.data[0].b64_json == a.data[1].b64_json
+    else:  # alone it ran in a batch of one, and batched CPU GEMMs may round differently
+        assert max_visible_diff(decode(c.data[0].b64_json), decode(a.data[1].b64_json)) <= 3
     d = case.client.images.generate(**{**kw, "n": 1}, extra_body={**FAST, "seed": 99})
     assert d.data[0].b64_json != a.data[0].b64_json
 
@@ -296,6 +294,7 @@ async def test_async_edit_stream(case: Case):
     assert events[-1].usage.input_tokens_details.image_tokens > 0
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the SDK deprecates create_variation
 def test_variation(case: Case):
     square = (case.size[1], case.size[1])
     r = case.client.images.create_variation(model=case.model, n=2, size=f"{square[0]}x{square[1]}",
