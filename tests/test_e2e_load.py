@@ -300,8 +300,10 @@ def test_queue_full_is_openai_rate_limit_through_the_sdk(live_server, model):
         running = asyncio.create_task(client.images.generate(model=model.id, prompt="a", size=size,
                                                              extra_body=long))
         assert await asyncio.to_thread(_wait_until, lambda: _engine(srv.url)["active_jobs"] == 1)
+        # the waiting job never runs (the running one holds the only slot until it is cancelled);
+        # its step count sets Retry-After (queued steps x step time): ~1 s, so the retry below is quick
         waiting = asyncio.create_task(client.images.generate(model=model.id, prompt="b", n=2, size=size,
-                                                             extra_body=long))
+                                                             extra_body={"num_inference_steps": 40}))
         assert await asyncio.to_thread(_wait_until, lambda: _engine(srv.url)["queue_depth"] == 2)
         before = await asyncio.to_thread(_metrics, srv.url)
         with pytest.raises(openai.RateLimitError) as exc:
@@ -317,9 +319,20 @@ def test_queue_full_is_openai_rate_limit_through_the_sdk(live_server, model):
         assert metric(after, "canvasd_rejected_total") - metric(before, "canvasd_rejected_total") == 1
         assert (metric(after, "canvasd_requests_total", endpoint="images/generations", status="429")
                 - metric(before, "canvasd_requests_total", endpoint="images/generations", status="429")) == 1
+        # a client with the SDK's default retries waits Retry-After and gets its image once the
+        # queue has room: first attempt refused, then the blockers give up, then the retry succeeds
+        patient = AsyncOpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=2,
+                              _strict_response_validation=True)
+        retried = asyncio.create_task(patient.images.generate(
+            model=model.id, prompt="e", size=size, extra_body={"num_inference_steps": 2}))
+        assert await asyncio.to_thread(_wait_until, lambda: metric(
+            _metrics(srv.url), "canvasd_rejected_total") - metric(after, "canvasd_rejected_total") == 1)
         for task in (running, waiting):  # give up on both; the server frees the queue
             task.cancel()
         await asyncio.gather(running, waiting, return_exceptions=True)
+        r = await retried
+        assert decode(r.data[0].b64_json).size == model.sizes[0]
+        await patient.close()
         assert await asyncio.to_thread(
             _wait_until, lambda: (lambda e: (e["queue_depth"], e["active_jobs"]) == (0, 0))(_engine(srv.url)))
         r = await client.images.generate(model=model.id, prompt="d", size=size,
