@@ -113,6 +113,33 @@ def test_count_tokens_uses_the_pipeline_tokenizer(tiny_sd_path, backend):
     assert backend.count_tokens("") == 0
 
 
+def test_count_tokens_on_another_thread_does_not_disturb_sampling(backend):
+    # regression (found by test_e2e_load): the API counts prompt tokens on a worker thread while the
+    # engine thread encodes prompts. HF tokenizers keep padding/truncation as state on the shared
+    # object, so with one instance an encode sometimes came out unpadded (2 tokens instead of 77)
+    # and the batched step failed ("Sizes of tensors must match").
+    import threading
+
+    stop = threading.Event()
+
+    def count() -> None:
+        while not stop.is_set():
+            backend.count_tokens("the cat sat on the mat")
+
+    counter = threading.Thread(target=count)
+    counter.start()
+    try:
+        pipe = backend._pipe("text2img")
+        lengths = set()
+        for _ in range(400):
+            cond, uncond = pipe.encode_prompt("", torch.device("cpu"), 1, True)
+            lengths |= {cond.shape[1], uncond.shape[1]}
+    finally:
+        stop.set()
+        counter.join()
+    assert lengths == {77}
+
+
 # -- whole-job path --------------------------------------------------------------------------
 
 

@@ -303,7 +303,12 @@ class DiffusersBackend:
         self.path = self.info.path
         self.capabilities: Capabilities = self.info.capabilities()
         self._pipes: dict[str, Any] = {}  # "text2img" | "img2img" | "inpaint" -> pipeline
+        # count_tokens' OWN tokenizer instance: HF tokenizers keep padding/truncation as mutable
+        # state on the object, so counting (unpadded) on an API thread with the pipeline's instance
+        # while the engine thread encodes a prompt (padded to 77) lets one call see the other's
+        # settings (unpadded prompt embeddings -> a failed batched step)
         self._tokenizer: Any = None
+        self._count_lock = threading.Lock()
         self._lock = threading.RLock()
 
     # -- loading -----------------------------------------------------------------------------
@@ -345,7 +350,9 @@ class DiffusersBackend:
         for pipe in pipes.values():
             pipe.set_progress_bar_config(disable=True)
         self._pipes = pipes or {"text2img": base}
-        self._tokenizer = getattr(base, "tokenizer", None) or self._tokenizer
+        if self._tokenizer is None and getattr(base, "tokenizer", None) is not None:
+            with self._count_lock:
+                self._tokenizer = copy.deepcopy(base.tokenizer)
         log.info("loaded %s (%s) from %s", self.id, self.info.class_name, self.path)
 
     def _pipe(self, task: str) -> Any:
@@ -360,17 +367,14 @@ class DiffusersBackend:
         return (self.id, job.width, job.height)
 
     def count_tokens(self, text: str) -> int:
-        tokenizer = self._tokenizer
-        if tokenizer is None and (self.path / "tokenizer").is_dir():
-            from transformers import AutoTokenizer
+        with self._count_lock:  # API worker threads may count concurrently
+            if self._tokenizer is None and (self.path / "tokenizer").is_dir():
+                from transformers import AutoTokenizer
 
-            with self._lock:
-                tokenizer = self._tokenizer = AutoTokenizer.from_pretrained(
-                    self.path / "tokenizer", local_files_only=True
-                )
-        if tokenizer is None:
-            return len(text.split())
-        return len(tokenizer(text, add_special_tokens=False, truncation=False).input_ids)
+                self._tokenizer = AutoTokenizer.from_pretrained(self.path / "tokenizer", local_files_only=True)
+            if self._tokenizer is None:
+                return len(text.split())
+            return len(self._tokenizer(text, add_special_tokens=False, truncation=False).input_ids)
 
     @staticmethod
     def _task(job: "Job") -> str:
