@@ -1,6 +1,6 @@
 """End to end under load: 32 concurrent requests from the official async SDK against a live server
-on a REAL model (the embedded emoji model with tiny random weights; the tiny Stable Diffusion
-pipeline when the emoji backend is not available) with step-level batching.
+on a REAL model with step-level batching — once on the embedded emoji model with tiny random
+weights, once on the tiny random-weight Stable Diffusion pipeline (tiny_pipelines.py).
 
 The storm mixes streamed and plain generations and edits, n = 1..3, three output sizes and several
 step counts (so one batched UNet call holds samples of different requests at different steps), and
@@ -63,15 +63,12 @@ class Model:
     sizes: tuple[tuple[int, int], ...]  # output sizes the storm requests
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Model:
-    try:
-        from canvasd.backends.emoji.backend import EmojiBackend
-    except ImportError:
-        EmojiBackend = None  # noqa: N806
-    if EmojiBackend is not None:
+@pytest.fixture(scope="module", params=["emoji", "diffusers"])
+def model(request, tmp_path_factory) -> Model:
+    if request.param == "emoji":
+        emoji = pytest.importorskip("canvasd.backends.emoji.backend")
         weights = write_tiny_emoji_weights(tmp_path_factory.mktemp("load-emoji") / "weights")
-        return Model(EMOJI_MODEL_ID, EmojiBackend(EMOJI_MODEL_ID, str(weights)), True,
+        return Model(EMOJI_MODEL_ID, emoji.EmojiBackend(EMOJI_MODEL_ID, str(weights)), True,
                      ((64, 64), (96, 96), (128, 128)))
     from canvasd.backends.diffusers_backend import DiffusersBackend
 
