@@ -154,3 +154,16 @@ def test_cancel_stops_run(backend):
 
     with pytest.raises(Cancelled):
         backend.run(_job(steps=4), lambda done, total, preview: False)
+
+
+def test_evaluate_writes_report_and_sheet(trained, tmp_path):
+    from canvasd.training.eval import evaluate
+
+    root, _, _ = trained
+    r = evaluate(root / "weights", root / "data", tmp_path, max_heldout=2, seeds=2, quality="low", speed=False,
+                 paraphrases=[("a round disc", ["shape_0"]), ("a square", ["shape_1", "shape_3"])])
+    assert 0 <= r["heldout"]["top1"] <= r["heldout"]["top5"] <= 1
+    assert r["paraphrases"]["prompts"] == 2 and r["paraphrases"]["diversity_mean"] >= 0
+    assert json.loads((tmp_path / "eval.json").read_text())["steps"] == r["steps"]
+    sheet = Image.open(tmp_path / "contact_sheet.png")
+    assert sheet.width > 128 and "top-1" in (tmp_path / "eval.md").read_text()

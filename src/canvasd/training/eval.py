@@ -1,0 +1,324 @@
+"""Evaluate the emoji model: concept accuracy, diversity, a contact sheet, and speed.
+
+    python -m canvasd.training.eval --weights src/canvasd/backends/emoji/weights \\
+        --data runs/emoji64-data --out runs/eval
+
+Feature space (for nearest-neighbour accuracy and diversity): each image is alpha-composited on mid
+grey and described by (a) its 16x16 colour thumbnail, (b) its 16x16 alpha silhouette and (c) an
+alpha-weighted 4x4x4 RGB histogram, each block L2-normalised. Why this and not a learned embedding:
+it needs no training (a learned classifier would compete with the model for the same two cores and
+would itself need validating), it is deterministic, and for emoji (flat, centred, iconic art, one
+object per image) colour + silhouette is what separates most concepts. Its weakness - it cannot tell
+two same-coloured round things apart - is measured, not guessed: the held-out *real* images are run
+through the same nearest-neighbour lookup, giving the ceiling the generated images are compared to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from canvasd.backends.emoji.backend import EmojiBackend
+from canvasd.engine.jobs import Job
+from canvasd.training.sheet import contact_sheet
+from canvasd.training.trainset import load_arrays, style_phrase
+
+# (prompt, acceptable concept names): paraphrases never used as captions in training.
+PARAPHRASES: list[tuple[str, list[str]]] = [
+    ("a crimson apple", ["red apple"]),
+    ("smiling cat", ["cat face", "grinning cat", "grinning cat with smiling eyes", "smiling cat with heart-eyes", "cat with wry smile"]),
+    ("a happy face", ["grinning face", "smiling face with smiling eyes", "grinning face with big eyes",
+                      "grinning face with smiling eyes", "slightly smiling face", "smiling face"]),
+    ("puppy", ["dog face", "dog"]),
+    ("a fast red car", ["automobile", "racing car"]),
+    ("space rocket", ["rocket"]),
+    ("slice of pepperoni pizza", ["pizza"]),
+    ("love heart", ["red heart"]),
+    ("a yellow star", ["star", "glowing star"]),
+    ("bright sunshine", ["sun", "sun with face", "sun behind small cloud"]),
+    ("a leafy green tree", ["deciduous tree"]),
+    ("cozy little home", ["house", "house with garden"]),
+    ("burning flame", ["fire"]),
+    ("snowman in winter", ["snowman", "snowman without snow"]),
+    ("spooky ghost", ["ghost"]),
+    ("robot head", ["robot"]),
+    ("umbrella in the rain", ["umbrella", "umbrella with rain drops", "closed umbrella"]),
+    ("electric guitar", ["guitar"]),
+    ("ripe yellow banana", ["banana"]),
+    ("fresh strawberry", ["strawberry"]),
+    ("slice of watermelon", ["watermelon"]),
+    ("tropical fish", ["fish", "tropical fish"]),
+    ("an octopus", ["octopus"]),
+    ("golden crown", ["crown"]),
+    ("birthday present", ["wrapped gift"]),
+    ("party balloon", ["balloon"]),
+    ("ice cream cone", ["soft ice cream", "ice cream"]),
+    ("cup of hot coffee", ["hot beverage"]),
+    ("a rainbow", ["rainbow"]),
+    ("heart eyes emoji", ["smiling face with heart-eyes"]),
+    ("thumbs up hand", ["thumbs up"]),
+    ("green frog", ["frog"]),
+    ("cute penguin", ["penguin"]),
+    ("cheeseburger", ["hamburger"]),
+    ("light bulb idea", ["light bulb"]),
+    ("a skull", ["skull"]),
+]
+
+
+# ---- feature space --------------------------------------------------------------------------------
+
+
+def features(rgba: np.ndarray) -> np.ndarray:
+    """(N,64,64,4) uint8 -> (N, 768 + 256 + 64) float32, three L2-normalised blocks."""
+    x = torch.from_numpy(np.ascontiguousarray(rgba)).float().div(255).permute(0, 3, 1, 2)
+    a = x[:, 3:4]
+    comp = x[:, :3] * a + 0.5 * (1 - a)
+    thumb = F.adaptive_avg_pool2d(comp, 16).flatten(1) - 0.5
+    sil = F.adaptive_avg_pool2d(a, 16).flatten(1)
+    q = (x[:, :3].clamp(0, 0.999) * 4).long()
+    bins = (q[:, 0] * 16 + q[:, 1] * 4 + q[:, 2]).flatten(1)
+    hist = torch.zeros(len(x), 64).scatter_add_(1, bins, a.flatten(1))
+    hist = hist.sqrt()  # Hellinger: keeps small colour regions (eyes, leaves) visible
+    blocks = [F.normalize(b, dim=1) for b in (thumb, sil, hist)]
+    return torch.cat(blocks, 1).numpy() / np.sqrt(3)
+
+
+def concept_ranks(query: np.ndarray, bank: np.ndarray, bank_concept: np.ndarray, k: int = 5) -> np.ndarray:
+    """(Q,k) concepts ordered by their nearest bank image (distinct concepts)."""
+    d = torch.cdist(torch.from_numpy(query), torch.from_numpy(bank))
+    order = torch.argsort(d, dim=1).numpy()
+    out = np.full((len(query), k), -1, np.int64)
+    for i, row in enumerate(order):
+        seen: list[int] = []
+        for j in row:
+            c = int(bank_concept[j])
+            if c not in seen:
+                seen.append(c)
+                if len(seen) == k:
+                    break
+        out[i, : len(seen)] = seen
+    return out
+
+
+def mean_pairwise(f: np.ndarray) -> float:
+    d = torch.cdist(torch.from_numpy(f), torch.from_numpy(f)).numpy()
+    n = len(f)
+    return float(d[np.triu_indices(n, 1)].mean()) if n > 1 else 0.0
+
+
+# ---- generation --------------------------------------------------------------------------------
+
+
+def generate_many(backend: EmojiBackend, jobs: list[Job], max_batch: int = 16) -> list[list[np.ndarray]]:
+    """Run jobs with step-level batching (samples of several jobs share each UNet call)."""
+    results: list[list[np.ndarray]] = [[] for _ in jobs]
+    pending = list(enumerate(jobs))
+    while pending:
+        group, n = [], 0
+        while pending and n + pending[0][1].n <= max_batch:
+            ji, job = pending.pop(0)
+            group.append((ji, backend.start(job)))
+            n += job.n
+        if not group:  # a job larger than max_batch
+            ji, job = pending.pop(0)
+            group.append((ji, backend.start(job)))
+        live = [s for _, ss in group for s in ss]
+        while not all(s.done for s in live):
+            backend.step([s for s in live if not s.done])
+        for ji, ss in group:
+            results[ji] = [np.asarray(im) for im in backend.finish(ss)]
+    return results
+
+
+def measure_speed(backend: EmojiBackend, repeats: int = 3) -> dict:
+    def run(job: Job) -> float:
+        t0 = time.perf_counter()
+        backend.run(job, lambda *_: True)
+        return time.perf_counter() - t0
+
+    out: dict = {"threads": torch.get_num_threads(), "latency_s": {}, "guidance": backend.capabilities.default_guidance}
+    g = backend.capabilities.default_guidance
+    for quality, steps in backend.capabilities.quality_steps.items():
+        job = lambda s=0: Job(kind="generate", model=backend.id, prompt="red apple", steps=steps, seed=s, guidance_scale=g)  # noqa: E731
+        run(job())  # warm-up
+        out["latency_s"][quality] = {"steps": steps, "median": statistics.median(run(job(i)) for i in range(repeats))}
+    steps = backend.capabilities.quality_steps[backend.capabilities.default_quality]
+    t = statistics.median(
+        run(Job(kind="generate", model=backend.id, prompt="red apple", n=8, steps=steps, seed=i, guidance_scale=g))
+        for i in range(repeats)
+    )
+    out["batch8"] = {"quality": backend.capabilities.default_quality, "seconds": t, "images_per_s": 8 / t}
+    return out
+
+
+# ---- the evaluation ------------------------------------------------------------------------------
+
+
+def evaluate(
+    weights_dir: str | Path, data_dir: str | Path, out_dir: str | Path, data_name: str = "emoji64",
+    max_heldout: int = 256, seeds: int = 4, quality: str = "medium", guidance: float | None = None,
+    speed: bool = True, seed: int = 0, paraphrases: list[tuple[str, list[str]]] | None = None,
+) -> dict:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    backend = EmojiBackend("canvasd-emoji", str(weights_dir))
+    backend.load()
+    caps = backend.capabilities
+    steps = caps.quality_steps[quality]
+    g = caps.default_guidance if guidance is None else guidance
+    arrays, meta = load_arrays(data_dir, data_name)
+    train = arrays["split"] == 0
+    bank = features(arrays["images"][train])
+    bank_concept = arrays["concept"][train].astype(np.int64)
+    bank_style = arrays["style"][train].astype(np.int64)
+    name_to_id = {c["name"].lower(): i for i, c in enumerate(meta["concepts"])}
+    report: dict = {"weights": str(weights_dir), "quality": quality, "steps": steps, "guidance": g,
+                    "train_images": int(train.sum()), "concepts": len(meta["concepts"]),
+                    "chance_top1": 1 / len(meta["concepts"]), "feature_space": "thumb16+alpha16+hist64 (see eval.py)"}
+
+    def job(prompt: str, s: int, n: int = 1) -> Job:
+        return Job(kind="generate", model=backend.id, prompt=prompt, n=n, steps=steps, seed=s, guidance_scale=g)
+
+    # held-out (concept, style) pairs: never seen together in training
+    rng = np.random.default_rng(seed)
+    held = np.flatnonzero(arrays["split"] == 1)
+    held = np.sort(rng.choice(held, size=min(max_heldout, len(held)), replace=False))
+    h_concept = arrays["concept"][held].astype(np.int64)
+    h_style = arrays["style"][held].astype(np.int64)
+    h_prompts = [f"{meta['concepts'][c]['captions'][0]}, {style_phrase(meta, s)}" for c, s in zip(h_concept, h_style)]
+    t0 = time.perf_counter()
+    h_imgs = [r[0] for r in generate_many(backend, [job(p, 1000 + i) for i, p in enumerate(h_prompts)])]
+    gen_s = time.perf_counter() - t0
+    ranks = concept_ranks(features(np.stack(h_imgs)), bank, bank_concept)
+    real_ranks = concept_ranks(features(arrays["images"][held]), bank, bank_concept)
+    nn_style = bank_style[torch.cdist(torch.from_numpy(features(np.stack(h_imgs))), torch.from_numpy(bank)).argmin(1).numpy()]
+    report["heldout"] = {
+        "prompts": len(held), "generate_seconds": round(gen_s, 1),
+        "top1": float((ranks[:, 0] == h_concept).mean()), "top5": float((ranks == h_concept[:, None]).any(1).mean()),
+        "real_images_top1": float((real_ranks[:, 0] == h_concept).mean()),
+        "real_images_top5": float((real_ranks == h_concept[:, None]).any(1).mean()),
+        "nearest_has_asked_style": float((nn_style == h_style).mean()),
+        "chance_style": 1 / len(meta["styles"]),
+    }
+
+    # paraphrases x seeds: accuracy and diversity
+    para, missing = [], []
+    for prompt, names in PARAPHRASES if paraphrases is None else paraphrases:
+        ids = [name_to_id[n.lower()] for n in names if n.lower() in name_to_id]
+        missing += [n for n in names if n.lower() not in name_to_id]
+        if ids:
+            para.append((prompt, ids))
+    p_imgs = generate_many(backend, [job(p, 0, n=seeds) for p, _ in para])
+    rows, top1, top5, div, ref_div = [], [], [], [], []
+    for (prompt, ids), imgs in zip(para, p_imgs):
+        f = features(np.stack(imgs))
+        r = concept_ranks(f, bank, bank_concept)
+        hit1 = float(np.isin(r[:, 0], ids).mean())
+        hit5 = float(np.mean([np.isin(row, ids).any() for row in r]))
+        same = bank[np.isin(bank_concept, ids)]
+        rows.append({"prompt": prompt, "target": [meta["concepts"][i]["name"] for i in ids], "top1": hit1, "top5": hit5,
+                     "diversity": mean_pairwise(f), "train_same_concept_diversity": mean_pairwise(same),
+                     "nearest": [meta["concepts"][int(c)]["name"] for c in r[:, 0]]})
+        top1.append(hit1)
+        top5.append(hit5)
+        div.append(rows[-1]["diversity"])
+        ref_div.append(rows[-1]["train_same_concept_diversity"])
+    rand = rng.choice(len(bank), size=min(256, len(bank)), replace=False)
+    report["paraphrases"] = {
+        "prompts": len(para), "seeds": seeds, "top1": float(np.mean(top1)), "top5": float(np.mean(top5)),
+        "diversity_mean": float(np.mean(div)), "train_same_concept_diversity_mean": float(np.mean(ref_div)),
+        "train_random_pair_distance": mean_pairwise(bank[rand]), "missing_names": missing, "per_prompt": rows,
+    }
+
+    # contact sheet: every paraphrase (seed 0) + held-out pairs
+    imgs = [imgs[0] for imgs in p_imgs] + h_imgs[:28]
+    labels = [p for p, _ in para] + h_prompts[:28]
+    from PIL import Image
+
+    contact_sheet([Image.fromarray(i, "RGBA") for i in imgs], labels, cols=8).save(out / "contact_sheet.png")
+    contact_sheet([Image.fromarray(i, "RGBA") for imgs in p_imgs[:8] for i in imgs],
+                  [f"{p} (seed {s})" for p, _ in para[:8] for s in range(seeds)], cols=8).save(out / "seeds_sheet.png")
+    if speed:
+        report["speed"] = measure_speed(backend)
+    (out / "eval.json").write_text(json.dumps(report, indent=2))
+    (out / "eval.md").write_text(to_markdown(report))
+    return report
+
+
+def to_markdown(r: dict) -> str:
+    h, p = r["heldout"], r["paraphrases"]
+    lines = [
+        f"Quality `{r['quality']}` ({r['steps']} DPM-Solver++ steps), guidance {r['guidance']}; "
+        f"{r['train_images']} training images of {r['concepts']} concepts; chance top-1 = {r['chance_top1']:.4f}.",
+        "",
+        "| prompt set | n | top-1 | top-5 |",
+        "|---|---:|---:|---:|",
+        f"| held-out (concept, style) pairs, generated | {h['prompts']} | {h['top1']:.3f} | {h['top5']:.3f} |",
+        f"| same pairs, the real held-out images (feature-space ceiling) | {h['prompts']} | {h['real_images_top1']:.3f} | {h['real_images_top5']:.3f} |",
+        f"| paraphrased prompts x {p['seeds']} seeds | {p['prompts']} | {p['top1']:.3f} | {p['top5']:.3f} |",
+        "",
+        f"Held-out pairs whose nearest training image has the asked style: {h['nearest_has_asked_style']:.3f} "
+        f"(chance {h['chance_style']:.3f}).",
+        "",
+        f"Diversity (mean pairwise feature distance across {p['seeds']} seeds): {p['diversity_mean']:.3f}; "
+        f"training images of the same concept (different styles): {p['train_same_concept_diversity_mean']:.3f}; "
+        f"random training pairs: {p['train_random_pair_distance']:.3f}.",
+    ]
+    if "speed" in r:
+        s = r["speed"]
+        lines += ["", f"Speed ({s['threads']} torch threads, one image with CFG, text encoding included):", "",
+                  "| quality | steps | latency (s) |", "|---|---:|---:|"]
+        for q, v in s["latency_s"].items():
+            lines.append(f"| {q} | {v['steps']} | {v['median']:.3f} |")
+        b = s["batch8"]
+        lines += ["", f"Batch of 8 images ({b['quality']}): {b['seconds']:.2f} s = {b['images_per_s']:.1f} images/s."]
+    return "\n".join(lines) + "\n"
+
+
+def sheet_only(weights_dir: str | Path, out_png: str | Path, quality: str = "medium", guidance: float | None = None,
+               seed: int = 0) -> Path:
+    """Quick look at a checkpoint: one image per paraphrase prompt (plus a few plain names)."""
+    from PIL import Image
+
+    backend = EmojiBackend("canvasd-emoji", str(weights_dir))
+    backend.load()
+    steps = backend.capabilities.quality_steps[quality]
+    g = backend.capabilities.default_guidance if guidance is None else guidance
+    prompts = ["red apple", "cat face", "grinning face", "rocket"] + [p for p, _ in PARAPHRASES]
+    jobs = [Job(kind="generate", model=backend.id, prompt=p, steps=steps, seed=seed, guidance_scale=g) for p in prompts]
+    imgs = [Image.fromarray(r[0], "RGBA") for r in generate_many(backend, jobs)]
+    contact_sheet(imgs, prompts, cols=8).save(out_png)
+    return Path(out_png)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--weights", default=str(Path(__file__).resolve().parents[1] / "backends" / "emoji" / "weights"))
+    ap.add_argument("--data", default="data")
+    ap.add_argument("--data-name", default="emoji64")
+    ap.add_argument("--out", default="runs/eval")
+    ap.add_argument("--max-heldout", type=int, default=256)
+    ap.add_argument("--quality", default="medium")
+    ap.add_argument("--guidance", type=float)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-speed", action="store_true")
+    ap.add_argument("--sheet-only", metavar="PNG", help="only write a contact sheet of the paraphrase prompts")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    if a.sheet_only:
+        print(sheet_only(a.weights, a.sheet_only, a.quality, a.guidance))
+        return
+    r = evaluate(a.weights, a.data, a.out, a.data_name, a.max_heldout, quality=a.quality, guidance=a.guidance,
+                 speed=not a.no_speed)
+    print(to_markdown(r))
+
+
+if __name__ == "__main__":
+    main()
