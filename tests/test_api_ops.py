@@ -189,6 +189,29 @@ def test_uncaught_exception_is_a_500_envelope(live_server):
     assert httpx.get(f"{srv.url}/health").status_code == 200
 
 
+def test_backends_are_only_called_on_the_engine_thread(live_server):
+    # regression (found by test_e2e_load): the API counted prompt tokens (`usage`) on a worker
+    # thread while the engine thread encoded other prompts with the SAME tokenizer; HF tokenizers
+    # keep padding/truncation as shared state, so encodes came out unpadded and batched steps
+    # failed. The engine now counts on its own thread and hands the count over with the images.
+    threads: list[str] = []
+
+    class Recording(ShapeBackend):
+        def count_tokens(self, text: str) -> int:
+            threads.append(threading.current_thread().name)
+            return super().count_tokens(text)
+
+    srv = live_server(backend=Recording("rec"))
+    r = gen(srv.url, {"model": "rec", "prompt": "three word prompt"})
+    assert r.status_code == 200 and r.json()["usage"]["input_tokens_details"]["text_tokens"] == 3
+    with httpx.stream("POST", f"{srv.url}/v1/images/generations",
+                      json={"model": "rec", "prompt": "two words", "stream": True}) as s:
+        body = "".join(s.iter_text())
+    completed = json.loads(body.split("data: ")[-1])
+    assert completed["usage"]["input_tokens_details"]["text_tokens"] == 2
+    assert threads and set(threads) == {"canvasd-engine"}
+
+
 def test_models_list_maps_aliases(server):
     data = httpx.get(f"{server.url}/v1/models").json()
     assert data["object"] == "list"

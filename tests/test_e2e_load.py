@@ -2,8 +2,9 @@
 on a REAL model with step-level batching — once on the embedded emoji model with tiny random
 weights, once on the tiny random-weight Stable Diffusion pipeline (tiny_pipelines.py).
 
-The storm mixes streamed and plain generations and edits, n = 1..3, three output sizes and several
-step counts (so one batched UNet call holds samples of different requests at different steps), and
+The storm mixes streamed and plain generations, edits (some masked) and variations, n = 1..3,
+three output sizes (emoji) and several step counts (so one batched UNet call holds samples of
+different requests and kinds at different steps), and
 has six requests abandoned by their client mid-flight, two of each kind a client has: closing a
 stream, cancelling the asyncio task, and an httpx read timeout. Checked afterwards:
 
@@ -38,13 +39,17 @@ from e2e_support import (  # noqa: E402
     SD_MODEL_ID,
     decode,
     image_bytes,
+    mask_bytes,
     max_visible_diff,
     metric,
     write_tiny_emoji_weights,
 )
 from tiny_pipelines import build_tiny_sd_pipeline  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+# diffusers' schedulers call np.array(tensor, copy=False) under numpy 2; the SDK deprecates
+# create_variation (the hosted endpoint is retired): noise, not our concern
+pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")]
 
 # Batched CPU GEMMs can round differently for different batch sizes (the emoji sampler pads its
 # UNet batch to make rows bit-identical, which holds up to 12 rows here but not from 16 rows on),
@@ -92,26 +97,34 @@ class Req:
     """One request of the storm and what became of it."""
 
     i: int
-    endpoint: str  # generate | edit
+    endpoint: str  # generate | edit | variation
     stream: bool
     n: int
     size: tuple[int, int]
     steps: int
     seed: int
     cancel: str | None = None  # close_stream | cancel_task | timeout
+    mask: bool = False  # edit with a mask (inpainting)
     partial_images: int = 0
     images: list[Any] = field(default_factory=list)  # decoded finals
     partials: int = 0
     outcome: str = "pending"
 
     def kwargs(self, model: str) -> dict[str, Any]:
-        kw: dict[str, Any] = dict(model=model, prompt=f"thing number {self.i}", n=self.n,
-                                  size=f"{self.size[0]}x{self.size[1]}",
+        kw: dict[str, Any] = dict(model=model, n=self.n, size=f"{self.size[0]}x{self.size[1]}",
                                   extra_body={"num_inference_steps": self.steps, "seed": self.seed})
-        if self.endpoint == "edit":
+        if self.endpoint != "variation":
+            kw["prompt"] = f"thing number {self.i}"
+        if self.endpoint != "generate":
             colour = (40 * (self.i % 6), 255 - 30 * (self.i % 8), 90, 255)
             kw["image"] = (f"in{self.i}.png", image_bytes(self.size, colour), "image/png")
+        if self.mask:
+            kw["mask"] = ("mask.png", mask_bytes(self.size), "image/png")
         return kw
+
+    def call(self, client: AsyncOpenAI) -> Any:
+        return {"generate": client.images.generate, "edit": client.images.edit,
+                "variation": client.images.create_variation}[self.endpoint]
 
 
 def _plan(model: Model) -> list[Req]:
@@ -120,24 +133,26 @@ def _plan(model: Model) -> list[Req]:
     cancels = ["close_stream", "cancel_task", "timeout"] * 2
     for i in range(32):
         cancel = cancels[i // 5] if i % 5 == 2 and i // 5 < len(cancels) else None
-        endpoint = "edit" if i % 7 == 3 else "generate"
-        stream = i % 3 == 0 or cancel == "close_stream"
+        endpoint = {3: "edit", 5: "variation"}.get(i % 7, "generate")
+        stream = (i % 3 == 0 and endpoint != "variation") or cancel == "close_stream"
         r = Req(i, endpoint, stream, n=rng.choice((1, 1, 2, 3)), size=rng.choice(model.sizes),
-                steps=rng.choice((2, 3, 4)), seed=1000 + 17 * i, cancel=cancel)
+                steps=rng.choice((2, 3, 4)), seed=1000 + 17 * i, cancel=cancel, mask=i % 14 == 3)
         if stream:
             r.partial_images = rng.choice((1, 2))
         if cancel == "close_stream":
-            r.endpoint, r.n, r.steps, r.partial_images = "generate", 1, 40, 3  # first partial at step 10
+            r.endpoint, r.n, r.steps, r.partial_images, r.mask = "generate", 1, 40, 3, False  # 1st partial: step 10
         elif cancel:
-            r.stream, r.steps = False, LONG_STEPS
+            r.endpoint, r.stream, r.steps, r.mask = "generate", False, LONG_STEPS, False
         reqs.append(r)
     assert sum(r.cancel is not None for r in reqs) == 6
+    kinds = {(r.endpoint, r.stream, r.mask) for r in reqs if r.cancel is None}
+    assert {("edit", True, False), ("edit", False, True), ("variation", False, False)} <= kinds
     return reqs
 
 
 async def _send(client: AsyncOpenAI, model: str, r: Req) -> None:
     kw = r.kwargs(model)
-    call = client.images.edit if r.endpoint == "edit" else client.images.generate
+    call = r.call(client)
     if r.stream:
         stream = await call(**kw, stream=True, partial_images=r.partial_images)
         async for ev in stream:
@@ -208,6 +223,7 @@ def _counts(text: str, model_id: str) -> dict[str, float]:
         "gen200": metric(text, "canvasd_requests_total", endpoint="images/generations", status="200"),
         "gen499": metric(text, "canvasd_requests_total", endpoint="images/generations", status="499"),
         "edit200": metric(text, "canvasd_requests_total", endpoint="images/edits", status="200"),
+        "var200": metric(text, "canvasd_requests_total", endpoint="images/variations", status="200"),
         "errors": sum(metric(text, "canvasd_requests_total", status=str(s)) for s in (400, 429, 500, 503)),
         "images": metric(text, "canvasd_images_generated_total", model=model_id),
         "client_cancel": metric(text, "canvasd_cancellations_total", reason="client"),
@@ -250,9 +266,10 @@ def test_32_concurrent_sdk_requests(server, model):
     delta = {k: after[k] - before[k] for k in after}
     ok_gen = sum(r.endpoint == "generate" for r in ok)
     ok_edit = sum(r.endpoint == "edit" for r in ok)
+    ok_var = sum(r.endpoint == "variation" for r in ok)
     closed_streams = sum(r.cancel == "close_stream" for r in reqs)
     assert delta["gen200"] == ok_gen + closed_streams  # a stream's 200 was sent before its close
-    assert delta["edit200"] == ok_edit
+    assert delta["edit200"] == ok_edit and delta["var200"] == ok_var
     assert delta["gen499"] == sum(r.cancel in ("cancel_task", "timeout") for r in reqs)
     assert delta["errors"] == 0
     assert delta["images"] == sum(r.n for r in ok)  # nothing of the abandoned jobs was finished
@@ -272,8 +289,7 @@ def test_32_concurrent_sdk_requests(server, model):
         client = _aclient(server.url)
         for r in ok:
             kw = r.kwargs(model.id)
-            call = client.images.edit if r.endpoint == "edit" else client.images.generate
-            alone = [decode(d.b64_json) for d in (await call(**kw)).data]
+            alone = [decode(d.b64_json) for d in (await r.call(client)(**kw)).data]
             for k, (got, ref) in enumerate(zip(r.images, alone)):
                 diff = max_visible_diff(got, ref)
                 diffs.append(diff)

@@ -452,6 +452,27 @@ async def test_running_batch_gauge_is_zero_after_the_last_job_is_cancelled(make_
     assert metric("canvasd_running_batch") == 0
 
 
+async def test_prompt_tokens_are_counted_on_the_worker_thread(make_engine):
+    import threading
+
+    seen: list[str] = []
+
+    class Counting(FakeBackend):
+        def count_tokens(self, text: str) -> int:
+            seen.append(threading.current_thread().name)
+            return len(text.split())
+
+    engine = make_engine([Counting()])
+    engine.start()
+    h = engine.submit(job(prompt="a red apple"))
+    events = await events_of(h)
+    assert events[-1].prompt_tokens == 3 and h.prompt_tokens == 3
+    assert seen == ["canvasd-engine"]
+    h = engine.submit(job(prompt=""))
+    await h.result()
+    assert h.prompt_tokens == 0
+
+
 def test_engine_module_does_not_import_torch():
     code = "import sys, canvasd.engine.scheduler, canvasd.backends.fake; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -188,9 +188,16 @@ class Service:
         except EngineError as exc:
             raise self.map_engine_error(exc) from None
 
-    def usage_for(self, plan: rules.Plan, n_images: int) -> Usage:
-        backend = self.registry.get(plan.job.model)
-        return compute_usage(count_tokens(backend, plan.job.prompt), plan.input_sizes, plan.out, n_images)
+    def usage_for(self, plan: rules.Plan, n_images: int, handle: Any) -> Usage:
+        # the engine counts the prompt's tokens on its own thread (a backend's tokenizer is not
+        # safe to use from here while the engine samples); count here only if it could not
+        if hasattr(handle, "prompt_tokens"):
+            tokens = handle.prompt_tokens
+            if tokens is None:  # the backend could not count
+                tokens = len(plan.job.prompt.split())
+        else:  # an engine stand-in that does not count
+            tokens = count_tokens(self.registry.get(plan.job.model), plan.job.prompt)
+        return compute_usage(tokens, plan.input_sizes, plan.out, n_images)
 
     # --- the generation round trip --------------------------------------------------------
     async def run(self, request: Request, plan: rules.Plan) -> Response:
@@ -199,7 +206,7 @@ class Service:
                       steps=plan.job.steps, stream=plan.out.stream, seed=plan.job.seed)
         handle = self.submit(plan)
         if plan.out.stream:
-            return sse_response(handle, plan, lambda n: self.usage_for(plan, n), self.map_engine_error,
+            return sse_response(handle, plan, lambda n: self.usage_for(plan, n, handle), self.map_engine_error,
                                 access)
         watcher = asyncio.create_task(_cancel_on_disconnect(request, handle))
         try:
@@ -214,7 +221,7 @@ class Service:
         access.update({k: round(v, 3) for k, v in getattr(handle, "timings", {}).items()})
         t0 = time.perf_counter()
         encoded = await anyio.to_thread.run_sync(render_all, images, plan.out)
-        usage = await anyio.to_thread.run_sync(self.usage_for, plan, len(encoded))
+        usage = await anyio.to_thread.run_sync(self.usage_for, plan, len(encoded), handle)
         data = []
         for blob in encoded:
             if plan.out.response_format == "url":

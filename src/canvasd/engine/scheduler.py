@@ -66,6 +66,18 @@ _EWMA = 0.2  # weight of the newest step in the step-time / batch-size averages
 _IDLE_WAIT_S = 1.0  # the worker re-checks deadlines at least this often when idle
 
 
+def _prompt_tokens(backend: Backend, prompt: str) -> int | None:
+    """The prompt's text tokens by the backend's tokenizer, on the worker thread (backends are only
+    ever called from it); None when it cannot tell (the API then falls back to a word count)."""
+    if not prompt:
+        return 0
+    try:
+        return int(backend.count_tokens(prompt))
+    except Exception:  # noqa: BLE001 - usage must never fail a finished generation
+        log.warning("count_tokens failed for %s", getattr(backend, "id", "?"), exc_info=True)
+        return None
+
+
 def usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -127,6 +139,10 @@ class JobHandle:
     @property
     def timings(self) -> dict[str, float]:
         return self._outcome.timings if isinstance(self._outcome, JobFinished) else {}
+
+    @property
+    def prompt_tokens(self) -> int | None:
+        return self._outcome.prompt_tokens if isinstance(self._outcome, JobFinished) else None
 
     def cancel(self) -> None:
         """The client went away: stop the job at the next step boundary (or drop it if queued)."""
@@ -509,7 +525,8 @@ class Engine:
         metrics.ENGINE_SECONDS.observe(now - admitted)
         metrics.IMAGES_GENERATED.labels(model=entry.job.model).inc(len(images))
         timings = {"queue_s": admitted - entry.submitted, "engine_s": now - admitted}
-        entry.handle._post(JobFinished(images, timings))
+        tokens = _prompt_tokens(entry.backend, entry.job.prompt)
+        entry.handle._post(JobFinished(images, timings, tokens))
 
     # ------------------------------------------------------------------ estimates ------------
     def _record_step(self, seconds: float, batch: int) -> None:
