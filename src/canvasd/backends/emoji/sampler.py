@@ -53,11 +53,15 @@ def default_strength(job: "Job") -> float:
     return DEFAULT_STRENGTH.get(job.kind, 1.0)
 
 
-def make_scheduler(mcfg: ModelConfig):
+def make_scheduler(mcfg: ModelConfig, clip_x0: bool = True):
+    """DPM-Solver++(2M). `clip_x0`: clamp each x0 prediction to the valid pixel range [-1, 1]
+    (diffusers' dynamic thresholding with sample_max_value=1 is exactly that clamp); in pixel
+    space this stops guided predictions from overshooting into blown-out colours."""
     from diffusers import DPMSolverMultistepScheduler
 
     return DPMSolverMultistepScheduler(
-        **mcfg.scheduler_config(), algorithm_type="dpmsolver++", solver_order=2, lower_order_final=True
+        **mcfg.scheduler_config(), algorithm_type="dpmsolver++", solver_order=2, lower_order_final=True,
+        thresholding=clip_x0, sample_max_value=1.0, dynamic_thresholding_ratio=0.995,
     )
 
 
@@ -112,7 +116,7 @@ class EmojiPipeline:
         self.unet = unet.eval().requires_grad_(False)
         self.text = TextEncoder(self.mcfg.max_tokens).load()
         self._empty = self.text.encode([""])
-        self._sched = make_scheduler(self.mcfg)
+        self._sched = make_scheduler(self.mcfg, bool(self.config.get("sampling", {}).get("clip_x0", True)))
         self._alphas = self._sched.alphas_cumprod.float()
 
     # ---- start -------------------------------------------------------------------------------
@@ -194,7 +198,7 @@ class EmojiPipeline:
                 v = vu + s.guidance * (v - vu)
             t = s.timesteps[s.step]
             a = self._alphas[int(t)]
-            s.x0 = a.sqrt() * s.latents - (1 - a).sqrt() * v
+            s.x0 = (a.sqrt() * s.latents - (1 - a).sqrt() * v).clamp(-1, 1)
             s.latents = s.scheduler.step(v, t, s.latents).prev_sample
             s.step += 1
             if s.keep is not None and not s.done:
