@@ -77,6 +77,16 @@ def test_training_checkpoints_resumes_and_exports(trained):
     assert all(v.dtype == torch.float16 for v in sd.values())
 
 
+def test_finetune_starts_a_fresh_schedule_from_a_checkpoint(trained):
+    root, _, _ = trained
+    cfg = TrainConfig.tiny(name="ft", data_dir=str(root / "data"), runs_dir=str(root / "runs"), max_steps=2,
+                           lr=1e-4, warmup_steps=1, finetune_from=str(root / "runs" / "t" / "ckpt.pt"))
+    out = train(cfg, progress_bar=False)
+    rows = list(csv.DictReader((root / "runs" / "ft" / "loss.csv").open()))
+    assert out["step"] == 7 and [int(r["step"]) for r in rows] == [6, 7]
+    assert float(rows[0]["lr"]) == pytest.approx(1e-4)  # warmed up, cosine restarted
+
+
 def test_missing_weights_is_a_clear_error(tmp_path):
     with pytest.raises(EmojiWeightsMissing, match="weights not found"):
         EmojiBackend("canvasd-emoji", str(tmp_path))

@@ -52,6 +52,10 @@ class TrainConfig:
     ema_decay: float = 0.999
     p_uncond: float = 0.1  # caption dropped -> "" (classifier-free guidance)
     p_styled: float = 0.35  # caption with the image's style phrase appended ("..., flat style")
+    # Captions list the name first, then aliases and shared tags ("food", "face"); drawing uniformly
+    # would show an image with its own name only ~1/8 of the time. p_name: use the name instead.
+    p_name: float = 0.5
+    finetune_from: str | None = None  # start a new run from this checkpoint with a fresh lr schedule
     # None = plain v-MSE. Min-SNR-gamma weights v-MSE by min(snr, gamma) / (snr + 1), which is ~0 at
     # high noise: measured here, a model trained so ignores the prompt at the start of sampling and
     # copies the initial noise's layout into every image. Kept as an option, off by default.
@@ -114,9 +118,10 @@ def sample_captions(data: EmojiData, idx: np.ndarray, rng: np.random.Generator, 
             out[j] = 0
         elif r[j] < cfg.p_uncond + cfg.p_styled and (t.styled[i] >= 0).any():
             choices = t.styled[i][t.styled[i] >= 0]
-            out[j] = choices[rng.integers(len(choices))]
+            out[j] = choices[0 if rng.random() < cfg.p_name else rng.integers(len(choices))]
         else:
-            out[j] = t.plain[c, rng.integers(t.plain_count[c])]
+            k = 0 if rng.random() < cfg.p_name else rng.integers(t.plain_count[c])
+            out[j] = t.plain[c, k]
     return out
 
 
@@ -250,16 +255,23 @@ def train(cfg: TrainConfig, export_to: str | Path | None = None, progress_bar: b
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     step, train_seconds, loss_ema = 0, 0.0, None
+    sched_t0, sched_s0 = 0.0, 0  # where this run's lr schedule and time budget start
 
-    if ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    source = ckpt_path if ckpt_path.exists() else (Path(cfg.finetune_from) if cfg.finetune_from else None)
+    if source is not None:
+        ck = torch.load(source, map_location="cpu", weights_only=False)
         model.load_state_dict(ck["model"])
         ema.load_state_dict(ck["ema"])
         opt.load_state_dict(ck["opt"])
         step, train_seconds, loss_ema = ck["step"], ck["train_seconds"], ck.get("loss_ema")
         rng.bit_generator.state = ck["np_rng"]
         gen.set_state(ck["torch_rng"])
-        print(f"resumed {ckpt_path} at step {step} ({train_seconds / 60:.1f} min trained)", flush=True)
+        sched_t0, sched_s0 = ck.get("sched_t0", 0.0), ck.get("sched_s0", 0)
+        if source != ckpt_path:  # fine-tune: fresh warmup + cosine over this run's budget
+            sched_t0, sched_s0 = train_seconds, step
+            for g in opt.param_groups:
+                g["initial_lr"] = cfg.lr
+        print(f"resumed {source} at step {step} ({train_seconds / 60:.1f} min trained)", flush=True)
         if csv_path.exists():  # drop rows logged after that checkpoint
             rows = [r for r in csv.reader(csv_path.open())][1:]
             rows = [r for r in rows if int(r[0]) <= step]
@@ -274,16 +286,16 @@ def train(cfg: TrainConfig, export_to: str | Path | None = None, progress_bar: b
     def progress() -> float:
         p = 0.0
         if cfg.max_steps:
-            p = max(p, step / cfg.max_steps)
+            p = max(p, (step - sched_s0) / cfg.max_steps)
         if cfg.max_minutes:
-            p = max(p, train_seconds / (cfg.max_minutes * 60))
+            p = max(p, (train_seconds - sched_t0) / (cfg.max_minutes * 60))
         return p
 
     def checkpoint() -> None:
         save_checkpoint(ckpt_path, {
             "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
             "train_seconds": train_seconds, "loss_ema": loss_ema, "np_rng": rng.bit_generator.state,
-            "torch_rng": gen.get_state(), "cfg": cfg.to_dict(), "git_commit": git_commit(), "data_info": data_info,
+            "torch_rng": gen.get_state(), "cfg": cfg.to_dict(), "sched_t0": sched_t0, "sched_s0": sched_s0, "git_commit": git_commit(), "data_info": data_info,
         })
         plot_losses(csv_path, run_dir / "loss.png")
 
@@ -311,7 +323,7 @@ def train(cfg: TrainConfig, export_to: str | Path | None = None, progress_bar: b
         target = a * noise - s * z0  # v
         tokens, mask, pooled = text.tokens[cap].float(), text.mask[cap].float(), text.pooled[cap].float()
 
-        lr = lr_at(cfg, step, progress())
+        lr = lr_at(cfg, step - sched_s0, progress())
         for g in opt.param_groups:
             g["lr"] = lr
         pred = model(zt, t, encoder_hidden_states=tokens, encoder_attention_mask=mask, class_labels=pooled).sample
@@ -335,7 +347,7 @@ def train(cfg: TrainConfig, export_to: str | Path | None = None, progress_bar: b
         log_rows.append([step, f"{lv:.5f}", f"{lr:.3e}", f"{train_seconds:.1f}"])
         bar.update(1)
         if step % cfg.log_every == 0:
-            left = (cfg.max_minutes * 60 - train_seconds) / 60 if cfg.max_minutes else float("nan")
+            left = (cfg.max_minutes * 60 - train_seconds + sched_t0) / 60 if cfg.max_minutes else float("nan")
             bar.set_postfix(loss=f"{loss_ema:.4f}", lr=f"{lr:.2e}", left_min=f"{left:.1f}", refresh=False)
             with csv_path.open("a", newline="") as f:
                 csv.writer(f).writerows(log_rows)
@@ -372,6 +384,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ckpt-every-minutes", type=float, default=5.0)
     p.add_argument("--augment-p", type=float, default=0.25)
     p.add_argument("--min-snr-gamma", type=float, help="min-SNR loss weighting (default: plain v-MSE)")
+    p.add_argument("--p-name", type=float, default=0.5, help="probability of captioning with the concept's name")
+    p.add_argument("--warmup-steps", type=int, default=200)
+    p.add_argument("--finetune-from", metavar="CKPT", help="new run from CKPT with a fresh lr schedule")
     p.add_argument("--hflip", action="store_true", help="random horizontal flips (off by default)")
     p.add_argument("--tiny", action="store_true", help="tiny test model")
     p.add_argument("--export-to", help="weights folder written at the end (default runs/<name>/weights)")
@@ -385,7 +400,7 @@ def main(argv: list[str] | None = None) -> None:
         name=a.name, data_dir=a.data_dir, data_name=a.data_name, runs_dir=a.runs_dir, max_minutes=a.max_minutes,
         max_steps=a.max_steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed, threads=a.threads,
         ckpt_every_minutes=a.ckpt_every_minutes, augment_p=a.augment_p, hflip=a.hflip,
-        min_snr_gamma=a.min_snr_gamma,
+        min_snr_gamma=a.min_snr_gamma, p_name=a.p_name, warmup_steps=a.warmup_steps, finetune_from=a.finetune_from,
     )
     cfg = TrainConfig.tiny(**kw) if a.tiny else TrainConfig(**kw)
     train(cfg, export_to=a.export_to)

@@ -83,7 +83,9 @@ def build_captions(
     styled = np.full((len(concept), styled_per_image), -1, np.int64)
     for i, (ci, si) in enumerate(zip(concept, style)):
         caps = caps_of[int(ci)][:max_plain]
-        picks = rng.choice(len(caps), size=min(styled_per_image, len(caps)), replace=False)
+        # the concept's name (caption 0) always gets a styled variant: it is what users type
+        others = rng.choice(np.arange(1, len(caps)), size=min(styled_per_image - 1, len(caps) - 1), replace=False)
+        picks = [0, *others.tolist()]
         phrase = style_phrase(meta, si)
         for j, p in enumerate(picks):
             styled[i, j] = add(f"{caps[p]}, {phrase}")
