@@ -258,6 +258,18 @@ def train(cfg: TrainConfig, export_to: str | Path | None = None, progress_bar: b
     sched_t0, sched_s0 = 0.0, 0  # where this run's lr schedule and time budget start
 
     source = ckpt_path if ckpt_path.exists() else (Path(cfg.finetune_from) if cfg.finetune_from else None)
+    if source is not None and source.is_dir():
+        # A shipped weights folder (model.safetensors + config.json): model and EMA start from its
+        # weights, with a fresh optimizer and lr schedule - how a new machine continues training.
+        from safetensors.torch import load_file
+
+        sd = {k: v.float() for k, v in load_file(str(source / "model.safetensors")).items()}
+        model.load_state_dict(sd)
+        ema.load_state_dict(sd)
+        step = int(json.loads((source / "config.json").read_text()).get("training", {}).get("step", 0))
+        sched_s0 = step
+        print(f"initialised from weights {source} (step {step}), fresh optimizer", flush=True)
+        source = None
     if source is not None:
         ck = torch.load(source, map_location="cpu", weights_only=False)
         model.load_state_dict(ck["model"])
@@ -386,7 +398,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--min-snr-gamma", type=float, help="min-SNR loss weighting (default: plain v-MSE)")
     p.add_argument("--p-name", type=float, default=0.5, help="probability of captioning with the concept's name")
     p.add_argument("--warmup-steps", type=int, default=200)
-    p.add_argument("--finetune-from", metavar="CKPT", help="new run from CKPT with a fresh lr schedule")
+    p.add_argument("--finetune-from", metavar="CKPT", help="new run from CKPT (a ckpt.pt, or a weights folder) with a fresh lr schedule")
     p.add_argument("--hflip", action="store_true", help="random horizontal flips (off by default)")
     p.add_argument("--tiny", action="store_true", help="tiny test model")
     p.add_argument("--export-to", help="weights folder written at the end (default runs/<name>/weights)")
