@@ -301,6 +301,20 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None, engine
     E.install_error_handlers(app)
 
     # --- image endpoints -----------------------------------------------------------------
+    limits = dict(max_upload_bytes=settings.max_upload_bytes, max_upload_pixels=settings.max_upload_pixels)
+
+    async def validate_form(request: Request, endpoint: rules.Endpoint) -> rules.Plan:
+        """Multipart intake (bounded while streaming) + validation, for edits and variations."""
+        form = await read_multipart(request.headers["content-type"], request.stream(),
+                                    settings.max_upload_bytes)
+        _note_model(request, form.fields)
+        try:
+            return await anyio.to_thread.run_sync(lambda: rules.validate(
+                endpoint, "form", form.fields, registry=registry, strict=strict,
+                load_images=lambda r: load_form_images(form, r), **limits))
+        finally:
+            form.close()
+
     async def generations(request: Request) -> Response:
         svc.authorize(request)
         if _content_type(request) in ("multipart/form-data", "application/x-www-form-urlencoded"):
@@ -314,17 +328,8 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None, engine
 
     async def edits(request: Request) -> Response:
         svc.authorize(request)
-        limits = dict(max_upload_bytes=settings.max_upload_bytes, max_upload_pixels=settings.max_upload_pixels)
         if _content_type(request) == "multipart/form-data":
-            form = await read_multipart(request.headers["content-type"], request.stream(),
-                                        settings.max_upload_bytes)
-            _note_model(request, form.fields)
-            try:
-                plan = await anyio.to_thread.run_sync(lambda: rules.validate(
-                    "edits", "form", form.fields, registry=registry, strict=strict,
-                    load_images=lambda r: load_form_images(form, r), **limits))
-            finally:
-                form.close()
+            plan = await validate_form(request, "edits")
         else:
             raw = _parse_json(await read_limited(request.stream(),
                                                  total_body_limit(settings.max_upload_bytes) * 4 // 3))
@@ -340,17 +345,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None, engine
             raise E.bad_request(
                 "Invalid Content-Type header: /v1/images/variations expects 'multipart/form-data'.",
                 None, "invalid_content_type")
-        form = await read_multipart(request.headers["content-type"], request.stream(),
-                                    settings.max_upload_bytes)
-        _note_model(request, form.fields)
-        try:
-            plan = await anyio.to_thread.run_sync(lambda: rules.validate(
-                "variations", "form", form.fields, registry=registry, strict=strict,
-                load_images=lambda r: load_form_images(form, r),
-                max_upload_bytes=settings.max_upload_bytes, max_upload_pixels=settings.max_upload_pixels))
-        finally:
-            form.close()
-        return await svc.run(request, plan)
+        return await svc.run(request, await validate_form(request, "variations"))
 
     for prefix in ("/v1", ""):
         app.add_api_route(f"{prefix}/images/generations", generations, methods=["POST"])
