@@ -1,7 +1,9 @@
 """`canvasd bench`: throughput and latency of canvasd, side by side, in one invocation.
 
 Scenarios, all on the same model and the same request plan:
-  engine       (a) the raw engine, no HTTP: jobs submitted to an `Engine` in this process.
+  engine       (a) canvasd without HTTP, in this process: each request body is validated by the
+                   API's rules into a job for an `Engine`, and its images are fitted and encoded
+                   by the API's renderer - the same bytes (b) sends, minus HTTP/JSON/base64.
   http         (b) canvasd over HTTP: a real uvicorn on 127.0.0.1 serving `create_app`, called
                    with the official `openai` SDK (AsyncOpenAI), step-level batching on.
   http-serial  (c) the same with batching off: one job at a time, the peers' design.
@@ -274,17 +276,13 @@ async def run_level(
 
 
 # ---------------------------------------------------------------------------- (a) engine -----
-def job_for(spec: RequestSpec, model_id: str, caps, partial_images: int):
-    """The Job the API would build for this request (generate, n=1)."""
-    from canvasd.engine.jobs import Job
-
-    width, height = (int(v) for v in spec.size.split("x"))
-    if caps.upscales:
-        width, height = caps.native_size
-    steps = caps.quality_steps.get(spec.quality, caps.quality_steps[caps.default_quality])
-    return Job(kind="generate", model=model_id, prompt=spec.prompt, n=1, width=width, height=height,
-               steps=steps, guidance_scale=caps.default_guidance, seed=spec.seed,
-               partial_images=partial_images)
+def request_body(spec: RequestSpec, cfg: BenchConfig, stream: bool) -> dict[str, Any]:
+    """The JSON body the SDK sends for this request (the same in every scenario)."""
+    body: dict[str, Any] = dict(model=cfg.client_model, prompt=spec.prompt, size=spec.size,
+                                quality=spec.quality, n=1)
+    if stream:
+        body.update(stream=True, partial_images=cfg.partial_images)
+    return body
 
 
 def engine_batch_probe() -> tuple[float, float] | None:
@@ -296,27 +294,39 @@ def engine_batch_probe() -> tuple[float, float] | None:
 
 
 async def bench_engine(cfg: BenchConfig, spec: ModelSpec, image_dir: str) -> list[LevelResult]:
+    """canvasd without HTTP: the request body goes through the API's own validation into a job,
+    and the finished (and partial) images are fitted and encoded by the API's own renderer, so
+    (a) makes the same bytes as (b) and (b)/(a) is the cost of HTTP, JSON, base64 and the SDK."""
+    from canvasd.api import rules
+    from canvasd.api.render import Renderer
     from canvasd.engine.events import JobFailed, PartialImage
     from canvasd.engine.scheduler import Engine
+    from canvasd.registry import ModelRegistry
 
     backends = await asyncio.to_thread(build_backends, spec)
     for backend in backends.values():
         await asyncio.to_thread(backend.load)
-    backend = backends[spec.id]
-    engine = Engine(backends, scenario_settings(cfg, spec, True, image_dir))
+    settings = scenario_settings(cfg, spec, True, image_dir)
+    registry = ModelRegistry(settings, backends=backends)
+    renderer = Renderer(settings.render_threads)
+    engine = Engine(backends, settings)
     engine.start()
 
     async def do_request(req: RequestSpec, stream: bool) -> tuple[float, float | None, int]:
-        job = job_for(req, spec.id, backend.capabilities, cfg.partial_images if stream else 0)
         t0 = time.perf_counter()
-        handle = engine.submit(job)
+        plan = rules.validate("generations", "json", request_body(req, cfg, stream), registry=registry,
+                              strict=settings.compat == "strict")
+        handle = engine.submit(plan.job)
         ttfp = None
         async for event in handle.events():
-            if isinstance(event, PartialImage) and ttfp is None:
-                ttfp = time.perf_counter() - t0
+            if isinstance(event, PartialImage):
+                await renderer.one(event.image, plan.out)
+                if ttfp is None:
+                    ttfp = time.perf_counter() - t0
             elif isinstance(event, JobFailed):
                 raise event.error
-        return time.perf_counter() - t0, ttfp, len(await handle.result())
+        encoded = await renderer.all(await handle.result(), plan.out)
+        return time.perf_counter() - t0, ttfp, len(encoded)
 
     results = []
     try:
@@ -455,16 +465,14 @@ async def bench_http(cfg: BenchConfig, spec: ModelSpec, scenario: str, image_dir
 
         async def do_request(req: RequestSpec, stream: bool) -> tuple[float, float | None, int]:
             t0 = time.perf_counter()
-            common = dict(model=cfg.client_model, prompt=req.prompt, size=req.size,
-                          quality=req.quality, n=1)
+            body = request_body(req, cfg, stream)
             if not stream:
-                response = await client.images.generate(**common)
+                response = await client.images.generate(**body)
                 count = sum(1 for d in response.data or [] if d.b64_json)
                 if not count:
                     raise RuntimeError("response without image data")
                 return time.perf_counter() - t0, None, count
-            events = await client.images.generate(**common, stream=True,
-                                                  partial_images=cfg.partial_images)
+            events = await client.images.generate(**body)
             ttfp, count = None, 0
             async for event in events:
                 if event.type.endswith("partial_image") and ttfp is None:

@@ -58,6 +58,9 @@ class Settings:
     batching: bool = True  # False: one job at a time (the peers' design), for `bench`
     request_timeout_s: float = 600.0
     torch_threads: int | None = None  # None: all cores
+    # Threads fitting/encoding finished images at once. Each one takes a core from the engine's
+    # torch threads, so few: None = half the cores (1 on a 2-core machine).
+    render_threads: int | None = None
     max_upload_bytes: int = 50 * 1024 * 1024
     max_upload_pixels: int = 4096 * 4096  # decompression-bomb guard
 
@@ -100,7 +103,8 @@ def load_settings(config_file: str | Path | None = None, **overrides) -> Setting
     for key, conv in (
         ("compat", str), ("host", str), ("port", int), ("public_base_url", str),
         ("url_ttl_s", int), ("url_secret", str), ("max_queue", int), ("max_batch", int),
-        ("request_timeout_s", float), ("torch_threads", int), ("image_dir", Path),
+        ("request_timeout_s", float), ("torch_threads", int), ("render_threads", int),
+        ("image_dir", Path),
     ):
         if (v := env.get("CANVASD_" + key.upper())) is not None:
             setattr(s, key, conv(v))

@@ -30,7 +30,7 @@ from canvasd import metrics
 from canvasd.api import errors as E
 from canvasd.api import rules
 from canvasd.api.protocol import ImageData, Usage, build_response, compute_usage
-from canvasd.api.render import b64, count_tokens, render_all
+from canvasd.api.render import Renderer, b64, count_tokens
 from canvasd.api.streaming import sse_response
 from canvasd.api.uploads import (
     JSON_BODY_MAX,
@@ -120,6 +120,7 @@ class Service:
         self.registry = registry
         self.engine = engine
         self.store = store
+        self.renderer = Renderer(settings.render_threads)
         self.created = int(time.time())
 
     # --- guards ---------------------------------------------------------------------------
@@ -207,7 +208,7 @@ class Service:
         handle = self.submit(plan)
         if plan.out.stream:
             return sse_response(handle, plan, lambda n: self.usage_for(plan, n, handle), self.map_engine_error,
-                                access)
+                                access, self.renderer)
         watcher = asyncio.create_task(_cancel_on_disconnect(request, handle))
         try:
             images = await handle.result()
@@ -220,7 +221,7 @@ class Service:
             watcher.cancel()
         access.update({k: round(v, 3) for k, v in getattr(handle, "timings", {}).items()})
         t0 = time.perf_counter()
-        encoded = await anyio.to_thread.run_sync(render_all, images, plan.out)
+        encoded = await self.renderer.all(images, plan.out)
         usage = await anyio.to_thread.run_sync(self.usage_for, plan, len(encoded), handle)
         data = []
         for blob in encoded:

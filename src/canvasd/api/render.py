@@ -1,12 +1,21 @@
-"""Turn engine images into response bytes: fit to the requested size, encode. CPU work — callers
-run these on a worker thread, never on the event loop."""
+"""Turn engine images into response bytes: fit to the requested size, encode.
+
+CPU work, so it runs on worker threads (never on the event loop), and through one `Renderer` per
+server whose limiter bounds how many images are encoded at once: on a 2-core machine every
+extra encoding thread takes a core from the engine's torch threads, and a torch parallel region
+waits for its slowest thread, so unbounded encoding under load slows every batch in flight."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
+import os
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
+
+import anyio
 
 from canvasd import metrics
 from canvasd.api.rules import OutputOptions
@@ -29,8 +38,33 @@ def render_one(image: "Image", out: OutputOptions) -> bytes:
     return data
 
 
-def render_all(images: list["Image"], out: OutputOptions) -> list[bytes]:
-    return [render_one(im, out) for im in images]
+def default_render_threads() -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // 2)
+
+
+class Renderer:
+    """`render_one` on worker threads, at most `threads` images at a time."""
+
+    def __init__(self, threads: int | None = None):
+        self.threads = threads or default_render_threads()
+        # anyio limiters belong to one event loop; tests and the bench run several loops.
+        self._limiters: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def _limiter(self) -> anyio.CapacityLimiter:
+        loop = asyncio.get_running_loop()
+        if (lim := self._limiters.get(loop)) is None:
+            lim = self._limiters[loop] = anyio.CapacityLimiter(self.threads)
+        return lim
+
+    async def one(self, image: "Image", out: OutputOptions) -> bytes:
+        return await anyio.to_thread.run_sync(render_one, image, out, limiter=self._limiter())
+
+    async def all(self, images: list["Image"], out: OutputOptions) -> list[bytes]:
+        return [await self.one(im, out) for im in images]
 
 
 def b64(data: bytes) -> str:

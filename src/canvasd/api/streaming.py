@@ -36,7 +36,7 @@ from canvasd.api.protocol import (
     event_prefix,
     per_image_usage,
 )
-from canvasd.api.render import b64, render_all, render_one
+from canvasd.api.render import Renderer, b64
 from canvasd.api.rules import Plan
 from canvasd.engine.events import JobFailed, JobFinished, PartialImage
 
@@ -60,6 +60,7 @@ def sse_response(
     usage_for: Callable[[int], Usage],
     map_error: Callable[[BaseException], E.OpenAIError],
     access: dict[str, Any],
+    renderer: Renderer,
 ) -> StreamingResponse:
     """`usage_for(n_images)` computes the request usage (off-loop); `map_error` turns an engine
     failure into the OpenAI error to report."""
@@ -85,7 +86,7 @@ def sse_response(
                     yield b": keepalive\n\n"
                     continue
                 if isinstance(ev, PartialImage):
-                    data = await anyio.to_thread.run_sync(render_one, ev.image, out)
+                    data = await renderer.one(ev.image, out)
                     idx = partial_counts.get(ev.image_index, 0)
                     partial_counts[ev.image_index] = idx + 1
                     body = PartialImageEvent(
@@ -95,7 +96,7 @@ def sse_response(
                 elif isinstance(ev, JobFinished):
                     access.update({f"{k}": round(v, 3) for k, v in ev.timings.items()})
                     t0 = time.perf_counter()
-                    encoded = await anyio.to_thread.run_sync(render_all, ev.images, out)
+                    encoded = await renderer.all(ev.images, out)
                     usage = await anyio.to_thread.run_sync(usage_for, len(encoded))
                     access["encode_s"] = round(time.perf_counter() - t0, 3)
                     for i, data in enumerate(encoded):
