@@ -293,10 +293,38 @@ def engine_batch_probe() -> tuple[float, float] | None:
     return total, count
 
 
-async def bench_engine(cfg: BenchConfig, spec: ModelSpec, image_dir: str) -> list[LevelResult]:
+STEP_BATCHES = (1, 2, 4, 8, 16)
+
+
+def step_scaling(backend: Any, job: Any, batches: tuple[int, ...] = STEP_BATCHES, repeats: int = 3) -> dict[str, Any]:
+    """Seconds per denoising step for k images in one batch (median of `repeats` steps), and what
+    that allows: `ceiling[k]` = images/s batched at k / images/s one at a time, counting denoising
+    only. It bounds (b)/(c): if the model's step cost grows almost linearly with the rows, no
+    scheduler can make batching pay more on this machine."""
+    from dataclasses import replace as dc_replace
+
+    step_s: dict[int, float] = {}
+    for k in batches:
+        samples = backend.start(dc_replace(job, n=k, steps=repeats + 1, partial_images=0))
+        backend.step(samples)  # warm-up at this batch size
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            backend.step(samples)
+            times.append(time.perf_counter() - t0)
+        step_s[k] = sorted(times)[len(times) // 2]
+    one = step_s[batches[0]] / batches[0]
+    return {"step_s": {str(k): round(v, 4) for k, v in step_s.items()},
+            "per_image_step_s": {str(k): round(v / k, 4) for k, v in step_s.items()},
+            "ceiling": {str(k): round(one / (v / k), 2) for k, v in step_s.items()}}
+
+
+async def bench_engine(cfg: BenchConfig, spec: ModelSpec, image_dir: str,
+                       scaling: dict[str, Any]) -> list[LevelResult]:
     """canvasd without HTTP: the request body goes through the API's own validation into a job,
     and the finished (and partial) images are fitted and encoded by the API's own renderer, so
-    (a) makes the same bytes as (b) and (b)/(a) is the cost of HTTP, JSON, base64 and the SDK."""
+    (a) makes the same bytes as (b) and (b)/(a) is the cost of HTTP, JSON, base64 and the SDK.
+    Also fills `scaling` with the model's `step_scaling` on this machine."""
     from canvasd.api import rules
     from canvasd.api.render import Renderer
     from canvasd.engine.events import JobFailed, PartialImage
@@ -331,6 +359,12 @@ async def bench_engine(cfg: BenchConfig, spec: ModelSpec, image_dir: str) -> lis
     results = []
     try:
         await do_request(request_plan(cfg, 1)[0], False)  # warm-up
+        backend = backends[spec.id]
+        if backend.capabilities.stepwise:
+            first = request_plan(cfg, 1)[0]
+            job = rules.validate("generations", "json", request_body(first, cfg, False), registry=registry,
+                                 strict=False).job
+            scaling.update(await asyncio.to_thread(step_scaling, backend, job))
         for stream in cfg.stream_modes():
             for c in cfg.concurrency:
                 plan = request_plan(cfg, cfg.requests_at(c))
@@ -550,6 +584,15 @@ def ratio_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def scaling_table(scaling: dict[str, Any]) -> str:
+    ks = list(scaling["step_s"])
+    lines = ["| images in the step | " + " | ".join(ks) + " |", "|---|" + "---:|" * len(ks),
+             "| seconds per step | " + " | ".join(f"{scaling['step_s'][k]:.3f}" for k in ks) + " |",
+             "| seconds per image-step | " + " | ".join(f"{scaling['per_image_step_s'][k]:.4f}" for k in ks) + " |",
+             "| batching ceiling vs one at a time | " + " | ".join(f"{scaling['ceiling'][k]:.2f}x" for k in ks) + " |"]
+    return "\n".join(lines)
+
+
 def plot(results: list[LevelResult], path: Path, title: str) -> None:
     import matplotlib
 
@@ -605,12 +648,12 @@ def machine_info() -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- entry point ----
-async def _run_all(cfg: BenchConfig, spec: ModelSpec) -> list[LevelResult]:
+async def _run_all(cfg: BenchConfig, spec: ModelSpec, scaling: dict[str, Any]) -> list[LevelResult]:
     results: list[LevelResult] = []
     with tempfile.TemporaryDirectory(prefix="canvasd-bench-") as image_dir:
         for scenario in cfg.scenarios:
             if scenario == "engine":
-                results += await bench_engine(cfg, spec, image_dir)
+                results += await bench_engine(cfg, spec, image_dir, scaling)
                 gc.collect()  # let the in-process model go before the servers load theirs
             else:
                 results += await bench_http(cfg, spec, scenario, image_dir)
@@ -623,7 +666,8 @@ def run_bench(config: BenchConfig | None = None, **overrides: Any) -> dict[str, 
     spec = model_spec(cfg.model)
     started = time.strftime("%Y%m%d-%H%M%S")
     t0 = time.perf_counter()
-    results = asyncio.run(_run_all(cfg, spec))
+    scaling: dict[str, Any] = {}
+    results = asyncio.run(_run_all(cfg, spec, scaling))
     rows = ratios(results)
     report = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
@@ -634,6 +678,7 @@ def run_bench(config: BenchConfig | None = None, **overrides: Any) -> dict[str, 
         "duration_s": round(time.perf_counter() - t0, 1),
         "results": [asdict(r) for r in results],
         "ratios": rows,
+        "step_scaling": scaling or None,
     }
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -647,5 +692,8 @@ def run_bench(config: BenchConfig | None = None, **overrides: Any) -> dict[str, 
     print(markdown_table(results))
     print()
     print(ratio_table(rows))
+    if scaling:
+        print()
+        print(scaling_table(scaling))
     print(f"\nwrote {json_path} and {png_path}")
     return report

@@ -3,8 +3,10 @@
     python -m canvasd.training.train --name emoji64 --max-minutes 90
     python -m canvasd.training.train --export runs/emoji64/ckpt.pt --to src/canvasd/backends/emoji/weights
 
-Recipe: v-prediction DDPM (1000 steps, cosine betas) on pixel-unshuffled 64x64 premultiplied RGBA,
-min-SNR loss weighting (gamma 5), AdamW with linear warmup then cosine decay, grad clipping, EMA.
+Recipe: clean-image-prediction DDPM (1000 steps, cosine betas) on pixel-unshuffled 64x64
+premultiplied RGBA, x-MSE weighted by min(snr, 5) + 1 (see `TrainConfig.sample_snr_cap`), AdamW with
+linear warmup then cosine decay, grad clipping, EMA. (`--prediction-type v_prediction` trains the
+earlier v-prediction variant.)
 With a time budget (`max_minutes`) the cosine runs over *training time*, not steps, so the run
 always ends with a decayed learning rate exactly when the budget is spent, however fast the shared
 CPU happens to be. Checkpoints (`runs/<name>/ckpt.pt`) hold model, EMA, optimizer, step, elapsed
@@ -60,6 +62,10 @@ class TrainConfig:
     # high noise: measured here, a model trained so ignores the prompt at the start of sampling and
     # copies the initial noise's layout into every image. Kept as an option, off by default.
     min_snr_gamma: float | None = None
+    # prediction_type "sample": the x-MSE is weighted by min(snr, cap) + 1. That is the v-MSE
+    # (weight snr + 1) with its low-noise end capped, so no noise level is starved: weight 1 at
+    # pure noise (where min-SNR's weight would be ~0) and at most cap + 1 for nearly clean inputs.
+    sample_snr_cap: float = 5.0
     augment_p: float = 0.25  # probability of random scale 0.9-1.0 + shift of <= 2 px
     hflip: bool = False  # off: emoji are not mirror-symmetric (text, arrows, flags)
     ckpt_every_minutes: float = 5.0
@@ -264,9 +270,16 @@ def train(cfg: TrainConfig, export_to: str | Path | None = None, progress_bar: b
         from safetensors.torch import load_file
 
         sd = {k: v.float() for k, v in load_file(str(source / "model.safetensors")).items()}
+        src_cfg = json.loads((source / "config.json").read_text())
+        src_pred = src_cfg["model"].get("prediction_type", "v_prediction")
+        if src_pred != cfg.model.prediction_type:
+            # The body's features carry over; the output layer meant the other target: restart it
+            # from zero (the first predictions are the mean grey, not the old target's sign).
+            sd = {k: (torch.zeros_like(v) if k.startswith("conv_out.") else v) for k, v in sd.items()}
+            print(f"output layer reset: {src_pred} -> {cfg.model.prediction_type}", flush=True)
         model.load_state_dict(sd)
         ema.load_state_dict(sd)
-        step = int(json.loads((source / "config.json").read_text()).get("training", {}).get("step", 0))
+        step = int(src_cfg.get("training", {}).get("step", 0))
         sched_s0 = step
         print(f"initialised from weights {source} (step {step}), fresh optimizer", flush=True)
         source = None
@@ -332,7 +345,7 @@ def train(cfg: TrainConfig, export_to: str | Path | None = None, progress_bar: b
         a = alphas_cumprod[t].sqrt()[:, None, None, None]
         s = (1 - alphas_cumprod[t]).sqrt()[:, None, None, None]
         zt = a * z0 + s * noise
-        target = a * noise - s * z0  # v
+        target = z0 if cfg.model.prediction_type == "sample" else a * noise - s * z0  # x0 or v
         tokens, mask, pooled = text.tokens[cap].float(), text.mask[cap].float(), text.pooled[cap].float()
 
         lr = lr_at(cfg, step - sched_s0, progress())
@@ -340,8 +353,10 @@ def train(cfg: TrainConfig, export_to: str | Path | None = None, progress_bar: b
             g["lr"] = lr
         pred = model(zt, t, encoder_hidden_states=tokens, encoder_attention_mask=mask, class_labels=pooled).sample
         per = ((pred.float() - target) ** 2).mean(dim=(1, 2, 3))
-        if cfg.min_snr_gamma:
-            snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
+        snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
+        if cfg.model.prediction_type == "sample":
+            per = per * (snr.clamp(max=cfg.sample_snr_cap) + 1)
+        elif cfg.min_snr_gamma:
             per = per * snr.clamp(max=cfg.min_snr_gamma) / (snr + 1)
         loss = per.mean()
         opt.zero_grad(set_to_none=True)
@@ -395,7 +410,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--ckpt-every-minutes", type=float, default=5.0)
     p.add_argument("--augment-p", type=float, default=0.25)
-    p.add_argument("--min-snr-gamma", type=float, help="min-SNR loss weighting (default: plain v-MSE)")
+    p.add_argument("--prediction-type", choices=("sample", "v_prediction"), default="sample",
+                   help="what the UNet predicts: the clean image (default) or v")
+    p.add_argument("--sample-snr-cap", type=float, default=5.0,
+                   help="prediction-type sample: x-MSE weighted by min(snr, cap) + 1")
+    p.add_argument("--min-snr-gamma", type=float, help="v_prediction: min-SNR loss weighting (default: plain v-MSE)")
     p.add_argument("--p-name", type=float, default=0.5, help="probability of captioning with the concept's name")
     p.add_argument("--warmup-steps", type=int, default=200)
     p.add_argument("--finetune-from", metavar="CKPT", help="new run from CKPT (a ckpt.pt, or a weights folder) with a fresh lr schedule")
@@ -412,9 +431,10 @@ def main(argv: list[str] | None = None) -> None:
         name=a.name, data_dir=a.data_dir, data_name=a.data_name, runs_dir=a.runs_dir, max_minutes=a.max_minutes,
         max_steps=a.max_steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed, threads=a.threads,
         ckpt_every_minutes=a.ckpt_every_minutes, augment_p=a.augment_p, hflip=a.hflip,
-        min_snr_gamma=a.min_snr_gamma, p_name=a.p_name, warmup_steps=a.warmup_steps, finetune_from=a.finetune_from,
+        min_snr_gamma=a.min_snr_gamma, sample_snr_cap=a.sample_snr_cap, p_name=a.p_name, warmup_steps=a.warmup_steps, finetune_from=a.finetune_from,
     )
     cfg = TrainConfig.tiny(**kw) if a.tiny else TrainConfig(**kw)
+    cfg.model.prediction_type = a.prediction_type
     train(cfg, export_to=a.export_to)
 
 

@@ -22,6 +22,7 @@ from canvasd.backends.emoji.model import (
     TextCond,
     TextEncoder,
     build_unet,
+    clean_prediction,
     from_latent,
     model_to_rgba_uint8,
     rgba_uint8_to_model,
@@ -197,8 +198,7 @@ class EmojiPipeline:
                 u += 1
                 v = vu + s.guidance * (v - vu)
             t = s.timesteps[s.step]
-            a = self._alphas[int(t)]
-            s.x0 = (a.sqrt() * s.latents - (1 - a).sqrt() * v).clamp(-1, 1)
+            s.x0 = clean_prediction(v, s.latents, self._alphas[int(t)], self.mcfg.prediction_type).clamp(-1, 1)
             s.latents = s.scheduler.step(v, t, s.latents).prev_sample
             s.step += 1
             if s.keep is not None and not s.done:
