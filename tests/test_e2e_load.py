@@ -51,9 +51,7 @@ from tiny_pipelines import build_tiny_sd_pipeline  # noqa: E402
 pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
               pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")]
 
-# Batched CPU GEMMs can round differently for different batch sizes (the emoji sampler pads its
-# UNet batch to make rows bit-identical, which holds up to 12 rows here but not from 16 rows on),
-# so an image made among batch mates may differ by a level or two from the same request made
+# Batched CPU GEMMs can round differently for different batch sizes, so an image made among batch mates may differ by a level or two from the same request made
 # alone (alpha-weighted, see e2e_support.max_visible_diff); another seed or prompt differs by ~100+.
 BATCH_TOLERANCE = 3
 LONG_STEPS = 300  # abandoned requests: far longer than the client waits (>= 15 ms per step)

