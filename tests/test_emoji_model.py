@@ -111,8 +111,11 @@ def test_generation_is_64px_rgba_and_seeded(backend):
     again = _run(backend, _job(n=2, seed=10))
     assert _png(a[0]) == _png(again[0]) and _png(a[1]) == _png(again[1])
     assert _png(a[0]) != _png(a[1])  # image i uses seed + i
-    # image 1 of seed 10 is image 0 of seed 11: reproducible on its own
-    assert _png(_run(backend, _job(seed=11))[0]) == _png(a[1])
+    # image 1 of seed 10 is image 0 of seed 11: reproducible on its own (alone it ran 2 UNet rows,
+    # in the n=2 batch 4, and CPU GEMMs may round differently: a few levels at most)
+    alone = np.asarray(_run(backend, _job(seed=11))[0], dtype=int)
+    assert np.abs(alone - np.asarray(a[1], dtype=int)).max() <= 3
+    assert np.abs(alone - np.asarray(a[0], dtype=int)).max() > 3
 
 
 def test_batched_steps_match_stepping_alone(backend):

@@ -194,7 +194,7 @@ def export(ckpt_path: str | Path, weights_dir: str | Path, use_ema: bool = True)
     """Write fp16 safetensors + config.json (architecture, scheduler, text encoder, recipe)."""
     from safetensors.torch import save_file
 
-    from canvasd.backends.emoji.sampler import DEFAULT_GUIDANCE, QUALITY_STEPS, ROW_MULTIPLE
+    from canvasd.backends.emoji.defaults import DEFAULT_GUIDANCE, QUALITY_STEPS, ROW_MULTIPLE
 
     ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     sd = ck["ema" if use_ema else "model"]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Hashable
 
 from canvasd.backends.base import Capabilities, Sample, StepCallback, run_stepwise
+from canvasd.backends.emoji.defaults import DEFAULT_GUIDANCE, QUALITY_STEPS
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL.Image import Image
@@ -49,9 +50,9 @@ class EmojiBackend:
             native_size=(size, size),
             size_multiple=1,
             upscales=True,
-            quality_steps=dict(sampling.get("quality_steps", {"low": 8, "medium": 14, "high": 28})),
+            quality_steps=dict(sampling.get("quality_steps", QUALITY_STEPS)),
             default_quality="medium",
-            default_guidance=float(sampling.get("default_guidance", 4.0)),
+            default_guidance=float(sampling.get("default_guidance", DEFAULT_GUIDANCE)),
             negative_prompt=True,
             max_prompt_tokens=int(self.config["model"].get("max_tokens", 16)),
         )

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from canvasd.backends.base import Sample
+from canvasd.backends.emoji.defaults import ROW_MULTIPLE
 from canvasd.backends.emoji.model import (
     ModelConfig,
     TextCond,
@@ -34,17 +35,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from canvasd.engine.jobs import Job
 
-# quality -> DPM-Solver++(2M) steps. 64 px images converge fast; measured in MODEL_CARD.md.
-QUALITY_STEPS = {"low": 8, "medium": 14, "high": 28}
-DEFAULT_GUIDANCE = 5.0
-# The UNet batch can be padded to a multiple of this many rows. On this CPU build (oneDNN/MKL,
-# AVX2) a row's output is bit-identical across batch sizes that are multiples of 4, but not between
-# 1, 2 and 4 rows (GEMV vs GEMM kernels), so padding to 4 makes an image's bytes nearly independent
-# of its batch mates. It costs a lone image 40% per step (measured: 2 rows 26.5 ms, 4 rows 37.7 ms),
-# which is most requests on a small server, so it is off: the same seed alone gives the same bytes;
-# batched with others, pixels may differ by a few levels. `sampling.row_multiple: 4` in a weights
-# folder's config.json turns it on.
-ROW_MULTIPLE = 1
 # img2img strength when the request gives none: how much of the schedule is re-noised.
 DEFAULT_STRENGTH = {"edit": 0.75, "variation": 0.6, "inpaint": 1.0}
 
