@@ -287,6 +287,8 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None, engine
             log.warning("no API keys configured: the API is open to anyone who can reach it "
                         "(set CANVASD_API_KEYS or --api-key)")
         if not registry.ready and registry.load_error is None:
+            # A thread that ends after loading: a long-lived thread that ran torch work keeps its
+            # OpenMP team, which made the engine thread's steps ~1.7x slower here (see bench.py).
             threading.Thread(target=registry.load_all, name="canvasd-load", daemon=True).start()
         engine.start()
         store.start_sweeper(60)
