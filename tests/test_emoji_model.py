@@ -87,6 +87,21 @@ def test_finetune_starts_a_fresh_schedule_from_a_checkpoint(trained):
     assert float(rows[0]["lr"]) == pytest.approx(1e-4)  # warmed up, cosine restarted
 
 
+def test_finetune_across_prediction_types_resets_the_output_layer(trained, capsys):
+    root, _, _ = trained  # its weights predict the clean image ("sample")
+    cfg = TrainConfig.tiny(name="to-v", data_dir=str(root / "data"), runs_dir=str(root / "runs"), max_steps=1,
+                           warmup_steps=1, finetune_from=str(root / "weights"))
+    cfg.model.prediction_type = "v_prediction"
+    train(cfg, export_to=root / "v-weights", progress_bar=False)
+    assert "output layer reset: sample -> v_prediction" in capsys.readouterr().out
+    config = json.loads((root / "v-weights" / "config.json").read_text())
+    assert config["model"]["prediction_type"] == "v_prediction"
+    b = EmojiBackend("canvasd-emoji", str(root / "v-weights"))
+    b.load()
+    (image,) = _run(b, _job(steps=3))
+    assert image.size == (64, 64) and image.mode == "RGBA"
+
+
 def test_missing_weights_is_a_clear_error(tmp_path):
     with pytest.raises(EmojiWeightsMissing, match="weights not found"):
         EmojiBackend("canvasd-emoji", str(tmp_path))
