@@ -199,3 +199,13 @@ def test_evaluate_writes_report_and_sheet(trained, tmp_path):
     assert json.loads((tmp_path / "eval.json").read_text())["steps"] == r["steps"]
     sheet = Image.open(tmp_path / "contact_sheet.png")
     assert sheet.width > 128 and "top-1" in (tmp_path / "eval.md").read_text()
+
+
+def test_reconstruction_sheet_reports_error_per_noise_level(trained, tmp_path):
+    from canvasd.training.eval import reconstruction_sheet
+
+    root, _, _ = trained
+    mse = reconstruction_sheet(root / "weights", root / "data", tmp_path / "recon.png", count=2, timesteps=(50, 999))
+    assert set(mse) == {50, 999} and all(v >= 0 for v in mse.values())
+    with Image.open(tmp_path / "recon.png") as sheet:
+        assert sheet.format == "PNG" and sheet.width > 3 * 96
