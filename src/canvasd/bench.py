@@ -322,11 +322,9 @@ def step_scaling(backend: Any, job: Any, batches: tuple[int, ...] = STEP_BATCHES
     that allows: `ceiling[k]` = images/s batched at k / images/s one at a time, counting denoising
     only. It bounds (b)/(c): if the model's step cost grows almost linearly with the rows, no
     scheduler can make batching pay more on this machine."""
-    from dataclasses import replace as dc_replace
-
     step_s: dict[int, float] = {}
     for k in batches:
-        samples = backend.start(dc_replace(job, n=k, steps=repeats + 1, partial_images=0))
+        samples = backend.start(replace(job, n=k, steps=repeats + 1, partial_images=0))
         backend.step(samples)  # warm-up at this batch size
         times = []
         for _ in range(repeats):
@@ -352,17 +350,19 @@ async def bench_engine(cfg: BenchConfig, spec: ModelSpec, image_dir: str,
     from canvasd.engine.scheduler import Engine
     from canvasd.registry import ModelRegistry
 
-    backends = await in_fresh_thread(build_backends, spec)
-    for backend in backends.values():
-        await in_fresh_thread(backend.load)
     settings = scenario_settings(cfg, spec, True, image_dir)
-    registry = ModelRegistry(settings, backends=backends)
+    strict = settings.compat == "strict"
+    registry = ModelRegistry(settings, backends=await in_fresh_thread(build_backends, spec))
+    await in_fresh_thread(registry.load_all)
+    if registry.load_error is not None:
+        raise registry.load_error
+    backends = registry.backends
     renderer = Renderer(settings.render_threads)
     backend = backends[spec.id]
     if backend.capabilities.stepwise:  # before the engine's thread exists: one torch thread at a time
         first = request_plan(cfg, 1)[0]
         job = rules.validate("generations", "json", request_body(first, cfg, False), registry=registry,
-                             strict=False).job
+                             strict=strict).job
         scaling.update(await in_fresh_thread(step_scaling, backend, job))
     engine = Engine(backends, settings)
     engine.start()
@@ -370,7 +370,7 @@ async def bench_engine(cfg: BenchConfig, spec: ModelSpec, image_dir: str,
     async def do_request(req: RequestSpec, stream: bool) -> tuple[float, float | None, int]:
         t0 = time.perf_counter()
         plan = rules.validate("generations", "json", request_body(req, cfg, stream), registry=registry,
-                              strict=settings.compat == "strict")
+                              strict=strict)
         handle = engine.submit(plan.job)
         ttfp = None
         async for event in handle.events():

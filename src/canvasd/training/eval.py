@@ -308,15 +308,13 @@ def reconstruction_sheet(weights_dir: str | Path, data_dir: str | Path, out_png:
     prediction from the image noised to each timestep (with its own caption). Residual noise or
     speckle here shows in every sample; this found the v-prediction model's speckle. Returns the
     mean squared error per timestep (model space, [-1, 1])."""
-    from diffusers import DDPMScheduler
     from PIL import Image
 
     from canvasd.backends.emoji.model import (clean_prediction, from_latent, model_to_rgba_uint8,
                                               rgba_uint8_to_model, to_latent)
+    from canvasd.training.train import make_noise_scheduler
 
-    backend = EmojiBackend("canvasd-emoji", str(weights_dir))
-    backend.load()
-    pipe = backend.pipe
+    pipe = EmojiBackend("canvasd-emoji", str(weights_dir)).pipe  # loads the model
     m = pipe.mcfg
     arrays, meta = load_arrays(data_dir, data_name)
     rng = np.random.default_rng(seed)
@@ -325,19 +323,20 @@ def reconstruction_sheet(weights_dir: str | Path, data_dir: str | Path, out_png:
     z0 = to_latent(x0, m.patch)
     names = [meta["concepts"][int(c)]["name"] for c in arrays["concept"][idx]]
     cond = pipe.text.encode(names)
-    alpha_bar = DDPMScheduler(**m.scheduler_config()).alphas_cumprod.float()
+    noise_sched = make_noise_scheduler(m)  # the training schedule: the same noising as training
+    alpha_bar = noise_sched.alphas_cumprod.float()
     gen = torch.Generator().manual_seed(seed)
     images, labels, errors = [], [], {t: [] for t in timesteps}
     for i in range(count):
         images.append(Image.fromarray(model_to_rgba_uint8(x0[i : i + 1])[0]))
         labels.append(names[i])
         for t in timesteps:
-            a = alpha_bar[t]
-            zt = a.sqrt() * z0[i : i + 1] + (1 - a).sqrt() * torch.randn(z0[i : i + 1].shape, generator=gen)
+            noise = torch.randn(z0[i : i + 1].shape, generator=gen)
+            zt = noise_sched.add_noise(z0[i : i + 1], noise, torch.tensor([t]))
             with torch.inference_mode():
                 out = pipe.unet(zt, torch.tensor([t]), encoder_hidden_states=cond.tokens[i : i + 1],
                                 encoder_attention_mask=cond.mask[i : i + 1], class_labels=cond.pooled[i : i + 1]).sample
-            pred = clean_prediction(out, zt, a, m.prediction_type)
+            pred = clean_prediction(out, zt, alpha_bar[t], m.prediction_type)
             errors[t].append(float(((pred - z0[i : i + 1]) ** 2).mean()))
             images.append(Image.fromarray(model_to_rgba_uint8(from_latent(pred, m.patch))[0]))
             labels.append(f"t={t} mse {errors[t][-1]:.3f}")
