@@ -43,7 +43,7 @@ def tiny_sd_path(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def backend(tiny_sd_path) -> DiffusersBackend:
-    b = DiffusersBackend("tiny-sd", str(tiny_sd_path))
+    b = DiffusersBackend("tiny-sd", str(tiny_sd_path), precision="fp32")  # fp32's pixel tolerances
     b.load()
     return b
 

@@ -72,6 +72,7 @@ class BenchConfig:
     client_model: str = "gpt-image-1"  # the `model` the SDK sends (an alias of the bench model)
     max_batch: int | None = None  # None: Settings' default
     threads: int | None = None  # torch threads; None: all cores
+    precision: str = "auto"  # the denoiser's: auto | fp32 | bf16 (Settings.precision)
     level_timeout_s: float = 300.0  # a level stops sending after this long
     ready_timeout_s: float = 600.0  # server start + model load
     app_factory: str = "canvasd.api.app:create_app"  # module:function(settings, ...) -> ASGI app
@@ -171,17 +172,17 @@ def fake_backend():
     return FakeBackend(FAKE_MODEL, step_s=0.012, per_sample_s=0.0035)
 
 
-def build_backends(spec: ModelSpec) -> dict[str, Any]:
+def build_backends(spec: ModelSpec, precision: str = "auto") -> dict[str, Any]:
     if spec.backend == "fake":
         return {spec.id: fake_backend()}
     from canvasd.registry import build_backend
 
-    return {spec.id: build_backend(spec)}
+    return {spec.id: build_backend(spec, precision)}
 
 
 def scenario_settings(cfg: BenchConfig, spec: ModelSpec, batching: bool, image_dir: str) -> Settings:
     max_c = max(cfg.concurrency)
-    s = Settings(models=[spec], batching=batching, torch_threads=cfg.threads,
+    s = Settings(models=[spec], batching=batching, torch_threads=cfg.threads, precision=cfg.precision,
                  max_queue=max(64, 4 * max_c), image_dir=Path(image_dir), api_keys=[BENCH_KEY])
     if cfg.max_batch:
         s.max_batch = cfg.max_batch
@@ -352,7 +353,7 @@ async def bench_engine(cfg: BenchConfig, spec: ModelSpec, image_dir: str,
 
     settings = scenario_settings(cfg, spec, True, image_dir)
     strict = settings.compat == "strict"
-    registry = ModelRegistry(settings, backends=await in_fresh_thread(build_backends, spec))
+    registry = ModelRegistry(settings, backends=await in_fresh_thread(build_backends, spec, settings.precision))
     await in_fresh_thread(registry.load_all)
     if registry.load_error is not None:
         raise registry.load_error
@@ -407,7 +408,7 @@ def _create_app(settings: Settings, spec: ModelSpec, factory: str):
     if spec.backend != "fake":
         return create_app(settings)
     params = inspect.signature(create_app).parameters
-    backends = build_backends(spec)
+    backends = build_backends(spec, settings.precision)
     if "backends" in params:
         return create_app(settings, backends=backends)
     if "registry" in params:

@@ -80,6 +80,9 @@ def serve(
         Optional[bool], typer.Option("--batching/--no-batching", help="Step-level batching.")
     ] = None,
     threads: Annotated[Optional[int], typer.Option(help="Torch threads (default: all).")] = None,
+    precision: Annotated[
+        Optional[str], typer.Option(help="auto (bf16 where the CPU has native bf16), fp32 or bf16.")
+    ] = None,
     log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
 ) -> None:
     """Serve the OpenAI Images API (the embedded model when no --model is given)."""
@@ -87,7 +90,7 @@ def serve(
     settings = build_settings(
         model, config, host=host, port=port, compat=compat, api_keys=api_key or None,
         aliases=aliases or None, public_base_url=public_base_url, max_batch=max_batch,
-        max_queue=max_queue, batching=batching, torch_threads=threads,
+        max_queue=max_queue, batching=batching, torch_threads=threads, precision=precision,
     )
     import uvicorn
 
@@ -190,6 +193,7 @@ def bench(
     mixed: Annotated[bool, typer.Option(help="Cycle sizes x qualities.")] = False,
     max_batch: Optional[int] = None,
     threads: Optional[int] = None,
+    precision: Annotated[str, typer.Option(help="Denoiser precision: auto, fp32 or bf16.")] = "auto",
     quick: Annotated[bool, typer.Option(help="Concurrency 1,4; few requests.")] = False,
     out_dir: Path = Path("benchmarks/results"),
 ) -> None:
@@ -199,7 +203,7 @@ def bench(
     overrides = dict(
         model=model, concurrency=tuple(int(c) for c in concurrency.split(",")), requests=requests,
         stream=stream, partial_images=partial_images, size=size, quality=quality, mixed=mixed,
-        max_batch=max_batch, threads=threads, quick=quick, out_dir=out_dir,
+        max_batch=max_batch, threads=threads, precision=precision, quick=quick, out_dir=out_dir,
     )
     if scenarios:
         overrides["scenarios"] = tuple(scenarios.split(","))

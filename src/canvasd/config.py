@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from canvasd.backends.precision import PRECISIONS
+
 # OpenAI model names accepted as aliases. By default each maps to the default (first) local model;
 # `[aliases]` in the config file or `--alias gpt-image-1=mymodel` maps them elsewhere.
 OPENAI_ALIASES = (
@@ -58,6 +60,9 @@ class Settings:
     batching: bool = True  # False: one job at a time (the peers' design), for `bench`
     request_timeout_s: float = 600.0
     torch_threads: int | None = None  # None: all cores
+    # Denoiser precision: "auto" = bf16 autocast where the CPU has native bf16 kernels, else fp32
+    # (canvasd.backends.precision).
+    precision: str = "auto"
     # Threads fitting/encoding finished images at once. Each one takes a core from the engine's
     # torch threads, so few: None = half the cores (1 on a 2-core machine).
     render_threads: int | None = None
@@ -104,6 +109,7 @@ def load_settings(config_file: str | Path | None = None, **overrides) -> Setting
         ("compat", str), ("host", str), ("port", int), ("public_base_url", str),
         ("url_ttl_s", int), ("url_secret", str), ("max_queue", int), ("max_batch", int),
         ("request_timeout_s", float), ("torch_threads", int), ("render_threads", int),
+        ("precision", str),
         ("image_dir", Path),
     ):
         if (v := env.get("CANVASD_" + key.upper())) is not None:
@@ -117,6 +123,8 @@ def load_settings(config_file: str | Path | None = None, **overrides) -> Setting
             s.aliases.update(value)
         else:
             setattr(s, key, value)
+    if s.precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {s.precision!r}")
     if s.compat not in ("permissive", "strict"):
         raise ValueError(f"compat must be 'permissive' or 'strict', not {s.compat!r}")
     return s

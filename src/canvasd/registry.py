@@ -14,15 +14,15 @@ from canvasd.config import ModelSpec, Settings
 log = logging.getLogger("canvasd.registry")
 
 
-def build_backend(spec: ModelSpec) -> Backend:
+def build_backend(spec: ModelSpec, precision: str = "auto") -> Backend:
     if spec.backend == "emoji":
         from canvasd.backends.emoji.backend import EmojiBackend
 
-        return EmojiBackend(spec.id, spec.path)
+        return EmojiBackend(spec.id, spec.path, precision=precision)
     if spec.backend == "diffusers":
         from canvasd.backends.diffusers_backend import DiffusersBackend
 
-        return DiffusersBackend(spec.id, spec.path)
+        return DiffusersBackend(spec.id, spec.path, precision=precision)
     raise ValueError(f"unknown backend {spec.backend!r} for model {spec.id!r}")
 
 
@@ -30,7 +30,7 @@ class ModelRegistry:
     def __init__(self, settings: Settings, backends: dict[str, Backend] | None = None):
         self.settings = settings
         self.backends: dict[str, Backend] = (
-            backends if backends is not None else {m.id: build_backend(m) for m in settings.models}
+            backends if backends is not None else {m.id: build_backend(m, settings.precision) for m in settings.models}
         )
         self._ready = threading.Event()
         self.load_error: BaseException | None = None

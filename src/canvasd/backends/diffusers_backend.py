@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Hashable
 
 from canvasd.backends.base import Cancelled, Capabilities, Sample, StepCallback
+from canvasd.backends.precision import run_denoiser_in_bf16, use_bf16
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -292,10 +293,11 @@ def _init_rgb(job: "Job") -> "Image":
 
 
 class DiffusersBackend:
-    def __init__(self, model_id: str, path: str | Path | None):
+    def __init__(self, model_id: str, path: str | Path | None, precision: str = "auto"):
         if not path:
             raise NotAPipelineError(f"model {model_id!r}: a diffusers backend needs a folder path")
         self.id = model_id
+        self.precision = precision
         try:
             self.info = inspect_pipeline_folder(path)
         except NotAPipelineError as exc:
@@ -350,6 +352,9 @@ class DiffusersBackend:
         for pipe in pipes.values():
             pipe.set_progress_bar_config(disable=True)
         self._pipes = pipes or {"text2img": base}
+        denoiser = getattr(base, "unet", None) or getattr(base, "transformer", None)
+        if use_bf16(self.precision) and denoiser is not None:
+            run_denoiser_in_bf16(denoiser)  # shared by every task's pipeline (from_pipe)
         if self._tokenizer is None and getattr(base, "tokenizer", None) is not None:
             with self._count_lock:
                 self._tokenizer = copy.deepcopy(base.tokenizer)

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from canvasd.backends.emoji.model import ModelConfig, TextCond, build_unet, rgba_uint8_to_model, to_latent
+from canvasd.backends.precision import cpu_has_fast_bf16
 from canvasd.training.trainset import EmojiData, load_training_data
 
 PACKAGED_WEIGHTS = Path(__file__).resolve().parents[1] / "backends" / "emoji" / "weights"
@@ -71,6 +72,9 @@ class TrainConfig:
     ckpt_every_minutes: float = 5.0
     seed: int = 0
     threads: int = 2
+    # bf16 autocast for the forward pass (fp32 master weights, loss and optimizer). None = where the
+    # CPU has native bf16 kernels (`cpu_has_fast_bf16`).
+    bf16: bool | None = None
     max_images: int | None = None
     log_every: int = 10
 
@@ -194,7 +198,7 @@ def export(ckpt_path: str | Path, weights_dir: str | Path, use_ema: bool = True)
     """Write fp16 safetensors + config.json (architecture, scheduler, text encoder, recipe)."""
     from safetensors.torch import save_file
 
-    from canvasd.backends.emoji.defaults import DEFAULT_GUIDANCE, QUALITY_STEPS, ROW_MULTIPLE
+    from canvasd.backends.emoji.defaults import DEFAULT_GUIDANCE, QUALITY_STEPS, ROW_MULTIPLE, SOLVER
 
     ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     sd = ck["ema" if use_ema else "model"]
@@ -207,10 +211,11 @@ def export(ckpt_path: str | Path, weights_dir: str | Path, use_ema: bool = True)
         "format": "canvasd-emoji/1",
         "model": mcfg.to_dict(),
         "scheduler": {"train": mcfg.scheduler_config(), "sampler": "DPMSolverMultistepScheduler",
-                      "sampler_options": {"algorithm_type": "dpmsolver++", "solver_order": 2}},
+                      "sampler_options": {"algorithm_type": SOLVER, "solver_order": 2}},
         "text_encoder": {"package": mcfg.text_encoder, "model": "sentence-transformers/all-MiniLM-L6-v2",
                          "max_tokens": mcfg.max_tokens, "pooled": "mean, L2-normalised"},
-        "sampling": {"quality_steps": QUALITY_STEPS, "default_guidance": DEFAULT_GUIDANCE, "row_multiple": ROW_MULTIPLE},
+        "sampling": {"quality_steps": QUALITY_STEPS, "default_guidance": DEFAULT_GUIDANCE, "row_multiple": ROW_MULTIPLE,
+                     "solver": SOLVER},
         "training": {
             "recipe": {k: v for k, v in cfg.items() if k != "model"},
             "step": ck["step"],
@@ -226,6 +231,17 @@ def export(ckpt_path: str | Path, weights_dir: str | Path, use_ema: bool = True)
 
 
 # ---- the loop ---------------------------------------------------------------------------------
+
+
+def budget_seconds(dt: float, typical: float | None) -> tuple[float, float]:
+    """(seconds of the time budget a step of `dt` s spends, the new running mean step time).
+    A step over 10x the mean was paused (kill -STOP, a suspended VM): it counts as a typical step,
+    so pausing a run to measure something else does not spend its budget."""
+    if typical is None:
+        return dt, dt
+    if dt > 10 * typical:
+        return typical, typical
+    return dt, 0.95 * typical + 0.05 * dt
 
 
 def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
@@ -324,6 +340,8 @@ def train(cfg: TrainConfig, export_to: str | Path | None = None, progress_bar: b
         })
         plot_losses(csv_path, run_dir / "loss.png")
 
+    use_bf16 = cpu_has_fast_bf16() if cfg.bf16 is None else cfg.bf16
+    step_seconds: float | None = None  # running mean of a step's time
     ema_params = list(ema.parameters())
     params = list(model.parameters())
     last_ckpt = time.monotonic()
@@ -351,7 +369,8 @@ def train(cfg: TrainConfig, export_to: str | Path | None = None, progress_bar: b
         lr = lr_at(cfg, step - sched_s0, progress())
         for g in opt.param_groups:
             g["lr"] = lr
-        pred = model(zt, t, encoder_hidden_states=tokens, encoder_attention_mask=mask, class_labels=pooled).sample
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+            pred = model(zt, t, encoder_hidden_states=tokens, encoder_attention_mask=mask, class_labels=pooled).sample
         per = ((pred.float() - target) ** 2).mean(dim=(1, 2, 3))
         snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
         if cfg.model.prediction_type == "sample":
@@ -368,7 +387,8 @@ def train(cfg: TrainConfig, export_to: str | Path | None = None, progress_bar: b
             torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1 - decay)
 
         step += 1
-        train_seconds += time.perf_counter() - t0
+        counted, step_seconds = budget_seconds(time.perf_counter() - t0, step_seconds)
+        train_seconds += counted
         lv = loss.item()
         loss_ema = lv if loss_ema is None else 0.99 * loss_ema + 0.01 * lv
         log_rows.append([step, f"{lv:.5f}", f"{lr:.3e}", f"{train_seconds:.1f}"])
@@ -419,6 +439,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup-steps", type=int, default=200)
     p.add_argument("--finetune-from", metavar="CKPT", help="new run from CKPT (a ckpt.pt, or a weights folder) with a fresh lr schedule")
     p.add_argument("--hflip", action="store_true", help="random horizontal flips (off by default)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast (default: where the CPU has native bf16 kernels)")
     p.add_argument("--tiny", action="store_true", help="tiny test model")
     p.add_argument("--export-to", help="weights folder written at the end (default runs/<name>/weights)")
     p.add_argument("--export", metavar="CKPT", help="only export CKPT's EMA weights to --to")
@@ -431,7 +453,7 @@ def main(argv: list[str] | None = None) -> None:
         name=a.name, data_dir=a.data_dir, data_name=a.data_name, runs_dir=a.runs_dir, max_minutes=a.max_minutes,
         max_steps=a.max_steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed, threads=a.threads,
         ckpt_every_minutes=a.ckpt_every_minutes, augment_p=a.augment_p, hflip=a.hflip,
-        min_snr_gamma=a.min_snr_gamma, sample_snr_cap=a.sample_snr_cap, p_name=a.p_name, warmup_steps=a.warmup_steps, finetune_from=a.finetune_from,
+        min_snr_gamma=a.min_snr_gamma, sample_snr_cap=a.sample_snr_cap, p_name=a.p_name, warmup_steps=a.warmup_steps, finetune_from=a.finetune_from, bf16=a.bf16,
     )
     cfg = TrainConfig.tiny(**kw) if a.tiny else TrainConfig(**kw)
     cfg.model.prediction_type = a.prediction_type

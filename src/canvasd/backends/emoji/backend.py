@@ -28,8 +28,9 @@ class EmojiWeightsMissing(FileNotFoundError):
 
 
 class EmojiBackend:
-    def __init__(self, model_id: str, weights_dir: str | None = None):
+    def __init__(self, model_id: str, weights_dir: str | None = None, precision: str = "auto"):
         self.id = model_id
+        self.precision = precision
         self.weights_dir = Path(weights_dir) if weights_dir else PACKAGED_WEIGHTS
         cfg_path = self.weights_dir / "config.json"
         if not cfg_path.exists() or not (self.weights_dir / "model.safetensors").exists():
@@ -67,7 +68,7 @@ class EmojiBackend:
             if self._pipe is None:
                 from canvasd.backends.emoji.sampler import EmojiPipeline
 
-                pipe = EmojiPipeline(self.weights_dir, self.config)
+                pipe = EmojiPipeline(self.weights_dir, self.config, self.precision)
                 pipe.load()
                 self._pipe = pipe
 

@@ -5,6 +5,9 @@ folder's config.json (whose `sampling` block overrides them)."""
 # quality -> DPM-Solver++(2M) steps. 64 px images converge fast; measured in MODEL_CARD.md.
 QUALITY_STEPS = {"low": 8, "medium": 14, "high": 28}
 DEFAULT_GUIDANCE = 5.0
+# DPM-Solver++(2M) flavour: "dpmsolver++" (deterministic ODE) or "sde-dpmsolver++" (stochastic).
+SOLVERS = ("dpmsolver++", "sde-dpmsolver++")
+SOLVER = "dpmsolver++"
 # The UNet batch can be padded to a multiple of this many rows. On this CPU build (oneDNN/MKL,
 # AVX2) a row's output is bit-identical across batch sizes that are multiples of 4, but not between
 # 1, 2 and 4 rows (GEMV vs GEMM kernels), so padding to 4 makes an image's bytes nearly independent

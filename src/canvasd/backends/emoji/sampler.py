@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from canvasd.backends.base import Sample
-from canvasd.backends.emoji.defaults import ROW_MULTIPLE
+from canvasd.backends.emoji.defaults import ROW_MULTIPLE, SOLVER, SOLVERS
+from canvasd.backends.precision import run_denoiser_in_bf16, use_bf16
 from canvasd.backends.emoji.model import (
     ModelConfig,
     TextCond,
@@ -47,14 +48,18 @@ def default_strength(job: "Job") -> float:
     return DEFAULT_STRENGTH.get(job.kind, 1.0)
 
 
-def make_scheduler(mcfg: ModelConfig, clip_x0: bool = True):
-    """DPM-Solver++(2M). `clip_x0`: clamp each x0 prediction to the valid pixel range [-1, 1]
-    (diffusers' dynamic thresholding with sample_max_value=1 is exactly that clamp); in pixel
-    space this stops guided predictions from overshooting into blown-out colours."""
+def make_scheduler(mcfg: ModelConfig, clip_x0: bool = True, solver: str = SOLVER):
+    """DPM-Solver++(2M), deterministic ("dpmsolver++") or stochastic ("sde-dpmsolver++": fresh
+    noise at every step, drawn from the sample's own seeded generator, so seeds stay reproducible
+    and batch-mates never share noise). `clip_x0`: clamp each x0 prediction to the valid pixel
+    range [-1, 1] (diffusers' dynamic thresholding with sample_max_value=1 is exactly that clamp);
+    in pixel space this stops guided predictions from overshooting into blown-out colours."""
     from diffusers import DPMSolverMultistepScheduler
 
+    if solver not in SOLVERS:
+        raise ValueError(f"sampling.solver must be one of {', '.join(SOLVERS)}, not {solver!r}")
     return DPMSolverMultistepScheduler(
-        **mcfg.scheduler_config(), algorithm_type="dpmsolver++", solver_order=2, lower_order_final=True,
+        **mcfg.scheduler_config(), algorithm_type=solver, solver_order=2, lower_order_final=True,
         thresholding=clip_x0, sample_max_value=1.0, dynamic_thresholding_ratio=0.995,
     )
 
@@ -73,6 +78,7 @@ class EmojiSample(Sample):
     keep_np: np.ndarray | None = field(default=None, repr=False)  # (64,64) bool, for the exact composite
     init_rgba: np.ndarray | None = field(default=None, repr=False)  # (64,64,4) uint8 straight alpha
     x0: torch.Tensor | None = None  # latest clean-image prediction (latent space)
+    generator: torch.Generator | None = None  # the sample's seeded stream (SDE solver noise)
 
 
 def load_rgba64(img: "Image", size: int) -> np.ndarray:
@@ -90,8 +96,9 @@ def load_keep_mask(mask: "Image", size: int) -> np.ndarray:
 
 
 class EmojiPipeline:
-    def __init__(self, weights_dir: str | Path, config: dict):
+    def __init__(self, weights_dir: str | Path, config: dict, precision: str = "auto"):
         self.weights_dir = Path(weights_dir)
+        self.bf16 = use_bf16(precision)
         self.config = config
         self.mcfg = ModelConfig.from_dict(config["model"])
         self.unet = None
@@ -108,9 +115,13 @@ class EmojiPipeline:
         sd = load_file(str(self.weights_dir / "model.safetensors"))
         unet.load_state_dict({k: v.float() for k, v in sd.items()})
         self.unet = unet.eval().requires_grad_(False)
+        if self.bf16:
+            run_denoiser_in_bf16(self.unet)
         self.text = TextEncoder(self.mcfg.max_tokens).load()
         self._empty = self.text.encode([""])
-        self._sched = make_scheduler(self.mcfg, bool(self.config.get("sampling", {}).get("clip_x0", True)))
+        sampling = self.config.get("sampling", {})
+        self._sched = make_scheduler(self.mcfg, bool(sampling.get("clip_x0", True)),
+                                     str(sampling.get("solver", SOLVER)))
         self._alphas = self._sched.alphas_cumprod.float()
 
     # ---- start -------------------------------------------------------------------------------
@@ -155,7 +166,7 @@ class EmojiPipeline:
                 job=job, index=i, total_steps=len(timesteps), latents=latents, scheduler=sched,
                 timesteps=timesteps, cond=cond, uncond=uncond if needs_cfg else None,
                 guidance=float(job.guidance_scale), init_latents=init, init_noise=init_noise, keep=keep,
-                keep_np=keep_np, init_rgba=init_rgba,
+                keep_np=keep_np, init_rgba=init_rgba, generator=gen,
             ))
         return samples
 
@@ -192,7 +203,7 @@ class EmojiPipeline:
                 v = vu + s.guidance * (v - vu)
             t = s.timesteps[s.step]
             s.x0 = clean_prediction(v, s.latents, self._alphas[int(t)], self.mcfg.prediction_type).clamp(-1, 1)
-            s.latents = s.scheduler.step(v, t, s.latents).prev_sample
+            s.latents = s.scheduler.step(v, t, s.latents, generator=s.generator).prev_sample
             s.step += 1
             if s.keep is not None and not s.done:
                 # RePaint-style: the kept region follows the init image's own noising trajectory
