@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from canvasd.backends.precision import PRECISIONS
+from canvasd.backends.precision import PRECISIONS, Precision
 
 # OpenAI model names accepted as aliases. By default each maps to the default (first) local model;
 # `[aliases]` in the config file or `--alias gpt-image-1=mymodel` maps them elsewhere.
@@ -62,7 +62,7 @@ class Settings:
     torch_threads: int | None = None  # None: all cores
     # Denoiser precision: "auto" = bf16 autocast where the CPU has native bf16 kernels, else fp32
     # (canvasd.backends.precision).
-    precision: str = "auto"
+    precision: Precision = "auto"
     # Threads fitting/encoding finished images at once. Each one takes a core from the engine's
     # torch threads, so few: None = half the cores (1 on a 2-core machine).
     render_threads: int | None = None

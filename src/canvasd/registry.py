@@ -43,7 +43,7 @@ class ModelRegistry:
         """Load every backend (slow). Sets `ready` on success, `load_error` on failure."""
         try:
             for model_id, backend in self.backends.items():
-                log.info("loading model %s", model_id)
+                log.info("loading model %s (precision %s)", model_id, self.settings.precision)
                 backend.load()
             self._ready.set()
         except BaseException as exc:  # noqa: BLE001 - reported by /ready and the log
