@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from canvasd.backends.precision import PRECISIONS, Precision
+from canvasd.backends.precision import Precision, check_precision
 
 # OpenAI model names accepted as aliases. By default each maps to the default (first) local model;
 # `[aliases]` in the config file or `--alias gpt-image-1=mymodel` maps them elsewhere.
@@ -123,8 +123,7 @@ def load_settings(config_file: str | Path | None = None, **overrides) -> Setting
             s.aliases.update(value)
         else:
             setattr(s, key, value)
-    if s.precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {s.precision!r}")
+    check_precision(s.precision)
     if s.compat not in ("permissive", "strict"):
         raise ValueError(f"compat must be 'permissive' or 'strict', not {s.compat!r}")
     return s

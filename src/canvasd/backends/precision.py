@@ -9,10 +9,17 @@ per step. Without native bf16 kernels oneDNN emulates it and it is slower than f
 from __future__ import annotations
 
 import functools
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 Precision = Literal["auto", "fp32", "bf16"]
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+
+
+def check_precision(precision: str) -> str:
+    """`precision`, or the error a setting with another value gets (at start-up and at load)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    return precision
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -26,8 +33,7 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def use_bf16(precision: str) -> bool:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    check_precision(precision)
     return precision == "bf16" or (precision == "auto" and cpu_has_fast_bf16())
 
 

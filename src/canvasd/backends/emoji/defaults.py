@@ -8,8 +8,8 @@ DEFAULT_GUIDANCE = 5.0
 # DPM-Solver++(2M) flavour: "dpmsolver++" (deterministic ODE) or "sde-dpmsolver++" (stochastic).
 SOLVERS = ("dpmsolver++", "sde-dpmsolver++")
 SOLVER = "dpmsolver++"
-# The UNet batch can be padded to a multiple of this many rows. On this CPU build (oneDNN/MKL,
-# AVX2) a row's output is bit-identical across batch sizes that are multiples of 4, but not between
+# The UNet batch can be padded to a multiple of this many rows. In fp32 on this CPU build (oneDNN)
+# a row's output is bit-identical across batch sizes that are multiples of 4, but not between
 # 1, 2 and 4 rows (GEMV vs GEMM kernels), so padding to 4 makes an image's bytes nearly independent
 # of its batch mates. It costs a lone image 40% per step (measured: 2 rows 26.5 ms, 4 rows 37.7 ms),
 # which is most requests on a small server, so it is off: the same seed alone gives the same bytes;
