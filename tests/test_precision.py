@@ -90,6 +90,32 @@ def test_emoji_bf16_batch_mates_do_not_change_a_sample(packaged):
         assert diff.max() <= 3 and (diff > 0).mean() < 0.05
 
 
+def test_bf16_weights_stored_once_compute_what_autocast_computes():
+    """cast_weights=True (the emoji UNet's setting) keeps conv/linear weights in bf16 instead of
+    autocast re-casting them every forward: the same numbers, norms still fp32."""
+    import copy
+
+    from canvasd.backends.emoji.model import ModelConfig, build_unet
+    from canvasd.backends.precision import run_denoiser_in_bf16
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(block_out_channels=(32, 32, 32), norm_num_groups=8, head_channels=16)
+    autocast_only = build_unet(cfg).eval().requires_grad_(False)
+    stored = copy.deepcopy(autocast_only)
+    run_denoiser_in_bf16(autocast_only)
+    run_denoiser_in_bf16(stored, cast_weights=True)
+    assert autocast_only.conv_in.weight.dtype == torch.float32
+    assert stored.conv_in.weight.dtype == torch.bfloat16
+    assert all(m.weight.dtype == torch.float32 for m in stored.modules() if isinstance(m, torch.nn.GroupNorm))
+    z, t = torch.randn(3, cfg.latent_channels, 16, 16), torch.tensor([10, 500, 990])
+    text, pooled = torch.randn(3, cfg.max_tokens, 384), torch.randn(3, 384)
+    with torch.inference_mode():
+        a = autocast_only(z, t, encoder_hidden_states=text, class_labels=pooled).sample
+        b = stored(z, t, encoder_hidden_states=text, class_labels=pooled).sample
+    assert a.dtype == b.dtype == torch.float32
+    assert torch.equal(a, b)
+
+
 def test_diffusers_bf16_runs_whole_job_and_stepwise(tmp_path_factory):
     pytest.importorskip("diffusers")
     from tiny_pipelines import build_tiny_sd_pipeline

@@ -116,7 +116,7 @@ class EmojiPipeline:
         unet.load_state_dict({k: v.float() for k, v in sd.items()})
         self.unet = unet.eval().requires_grad_(False)
         if self.bf16:
-            run_denoiser_in_bf16(self.unet)
+            run_denoiser_in_bf16(self.unet, cast_weights=True)  # canvasd's own loop: safe
         self.text = TextEncoder(self.mcfg.max_tokens).load()
         self._empty = self.text.encode([""])
         sampling = self.config.get("sampling", {})
