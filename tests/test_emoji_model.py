@@ -267,3 +267,21 @@ def test_bf16_training_flag_is_honoured(trained):
         losses[bf16] = train(cfg, export_to=root / f"w-{bf16}", progress_bar=False)["loss_ema"]
     # same seed, same batch: only the forward pass's arithmetic differs
     assert losses[False] != losses[True] and abs(losses[False] - losses[True]) < 0.05 * losses[False]
+
+
+def test_high_noise_p_moves_timesteps_to_the_noisier_half(trained):
+    from canvasd.training.train import sample_timesteps
+
+    uniform = sample_timesteps(20000, 1000, 0.0, torch.Generator().manual_seed(0))
+    biased = sample_timesteps(20000, 1000, 0.5, torch.Generator().manual_seed(0))
+    assert 0 <= int(biased.min()) and int(biased.max()) < 1000
+    assert abs((uniform >= 500).float().mean().item() - 0.5) < 0.02
+    assert abs((biased >= 500).float().mean().item() - 0.75) < 0.02  # 0.5 + 0.5 * 0.5
+    assert (biased < 500).any()  # the clean half is still trained
+    # and the option reaches the training loop (recorded with the run's recipe)
+    root, _, _ = trained
+    cfg = TrainConfig.tiny(name="noisy-half", data_dir=str(root / "data"), runs_dir=str(root / "runs"),
+                           max_steps=1, high_noise_p=0.5)
+    train(cfg, export_to=root / "w-noisy", progress_bar=False)
+    recipe = json.loads((root / "w-noisy" / "config.json").read_text())["training"]["recipe"]
+    assert recipe["high_noise_p"] == 0.5

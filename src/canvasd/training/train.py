@@ -67,6 +67,11 @@ class TrainConfig:
     # (weight snr + 1) with its low-noise end capped, so no noise level is starved: weight 1 at
     # pure noise (where min-SNR's weight would be ~0) and at most cap + 1 for nearly clean inputs.
     sample_snr_cap: float = 5.0
+    # Fraction of each batch whose timestep is drawn from the noisier half [T/2, T) instead of all
+    # of [0, T): 0.5 puts 3x the density on the half where a sample's concept and silhouette are
+    # decided. For fine-tuning a model whose low-noise predictions are already clean (its
+    # reconstruction sheet) but whose concepts are not yet told apart (apple vs tomato).
+    high_noise_p: float = 0.0
     augment_p: float = 0.25  # probability of random scale 0.9-1.0 + shift of <= 2 px
     hflip: bool = False  # off: emoji are not mirror-symmetric (text, arrows, flags)
     ckpt_every_minutes: float = 5.0
@@ -154,6 +159,16 @@ def augment(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
     warped = F.grid_sample(x01, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     out = torch.where(apply[:, None, None, None], warped, x01)
     return out * 2 - 1
+
+
+def sample_timesteps(n: int, num_train_timesteps: int, high_noise_p: float, gen: torch.Generator) -> torch.Tensor:
+    """n training timesteps: uniform over [0, T), or with probability high_noise_p over [T/2, T)."""
+    t = torch.randint(0, num_train_timesteps, (n,), generator=gen)
+    if high_noise_p <= 0:
+        return t
+    half = num_train_timesteps // 2
+    noisy = torch.randint(half, num_train_timesteps, (n,), generator=gen)
+    return torch.where(torch.rand(n, generator=gen) < high_noise_p, noisy, t)
 
 
 # ---- checkpoint / export ------------------------------------------------------------------------
@@ -359,7 +374,7 @@ def train(cfg: TrainConfig, export_to: str | Path | None = None, progress_bar: b
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         z0 = to_latent(x, cfg.model.patch)
         noise = torch.randn(z0.shape, generator=gen)
-        t = torch.randint(0, cfg.model.num_train_timesteps, (len(z0),), generator=gen)
+        t = sample_timesteps(len(z0), cfg.model.num_train_timesteps, cfg.high_noise_p, gen)
         a = alphas_cumprod[t].sqrt()[:, None, None, None]
         s = (1 - alphas_cumprod[t]).sqrt()[:, None, None, None]
         zt = a * z0 + s * noise
@@ -435,6 +450,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sample-snr-cap", type=float, default=5.0,
                    help="prediction-type sample: x-MSE weighted by min(snr, cap) + 1")
     p.add_argument("--min-snr-gamma", type=float, help="v_prediction: min-SNR loss weighting (default: plain v-MSE)")
+    p.add_argument("--high-noise-p", type=float, default=0.0,
+                   help="fraction of timesteps drawn from the noisier half [T/2, T) (default 0: uniform)")
     p.add_argument("--p-name", type=float, default=0.5, help="probability of captioning with the concept's name")
     p.add_argument("--warmup-steps", type=int, default=200)
     p.add_argument("--finetune-from", metavar="CKPT", help="new run from CKPT (a ckpt.pt, or a weights folder) with a fresh lr schedule")
@@ -453,7 +470,7 @@ def main(argv: list[str] | None = None) -> None:
         name=a.name, data_dir=a.data_dir, data_name=a.data_name, runs_dir=a.runs_dir, max_minutes=a.max_minutes,
         max_steps=a.max_steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed, threads=a.threads,
         ckpt_every_minutes=a.ckpt_every_minutes, augment_p=a.augment_p, hflip=a.hflip,
-        min_snr_gamma=a.min_snr_gamma, sample_snr_cap=a.sample_snr_cap, p_name=a.p_name, warmup_steps=a.warmup_steps, finetune_from=a.finetune_from, bf16=a.bf16,
+        min_snr_gamma=a.min_snr_gamma, sample_snr_cap=a.sample_snr_cap, p_name=a.p_name, high_noise_p=a.high_noise_p, warmup_steps=a.warmup_steps, finetune_from=a.finetune_from, bf16=a.bf16,
     )
     cfg = TrainConfig.tiny(**kw) if a.tiny else TrainConfig(**kw)
     cfg.model.prediction_type = a.prediction_type
