@@ -65,3 +65,30 @@ def test_http_scenario_on_fake_through_the_real_app_and_openai_sdk(tmp_path):
     assert r["errors"] == 0, r["first_error"]
     assert r["images"] == 2 and r["ttfp_s"]["p50"] < r["latency_s"]["p50"]
     assert r["peak_rss_mb"] > 0 and r["mean_batch"] is not None
+
+
+def test_levels_interleave_across_scenarios_and_rounds_pool(tmp_path, monkeypatch):
+    """Every level runs in each scenario back to back (rotating order), `rounds` times, pooled:
+    a ratio compares measurements taken seconds apart, not a whole scenario apart."""
+    import canvasd.bench as bench
+
+    calls: list[tuple[str, bool, int]] = []
+    real = bench.run_level
+
+    async def recording(runner, stream, concurrency, plan, cfg, into):
+        calls.append((runner.scenario, stream, concurrency))
+        await real(runner, stream, concurrency, plan, cfg, into)
+
+    monkeypatch.setattr(bench, "run_level", recording)
+    report = run_bench(model="fake", scenarios=("engine", "http"), concurrency=(1, 2), requests=2,
+                       rounds=2, stream="off", out_dir=tmp_path, progress=False)
+    assert calls == [
+        ("engine", False, 1), ("http", False, 1), ("http", False, 1), ("engine", False, 1),
+        ("engine", False, 2), ("http", False, 2), ("http", False, 2), ("engine", False, 2),
+    ]
+    results = report["results"]
+    assert [(r["scenario"], r["concurrency"]) for r in results] == [
+        ("engine", 1), ("engine", 2), ("http", 1), ("http", 2)]
+    for r in results:  # two rounds of two requests each, pooled into one result
+        assert r["requests"] == 4 and r["images"] == 4 and r["errors"] == 0, r["first_error"]
+    assert {row["concurrency"] for row in report["ratios"]} == {1, 2}

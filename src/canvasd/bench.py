@@ -9,7 +9,10 @@ Scenarios, all on the same model and the same request plan:
   http-serial  (c) the same with batching off: one job at a time, the peers' design.
 
 Each scenario runs every concurrency level (closed loop: C clients, each sending its next request
-when the previous one answers), non-streamed and/or streamed (with partial images). Reported per
+when the previous one answers), non-streamed and/or streamed (with partial images). All scenarios
+are started first and stay up; each level then runs in every scenario back to back, the order
+rotating from level to level and round to round (`rounds`), so a ratio compares measurements taken
+within seconds of each other rather than minutes apart on a machine whose speed drifts. Reported per
 level: images/s, latency p50/p95/p99, time to first partial image (streamed), peak RSS of the
 serving process, mean samples per denoising step. Output: a JSON file, a PNG plot, the ratios
 (b)/(a) and (b)/(c) per concurrency, and a markdown table for the README.
@@ -24,7 +27,7 @@ no model, numbers are not canvasd's performance).
 from __future__ import annotations
 
 import asyncio
-import gc
+import contextlib
 import json
 import math
 import multiprocessing as mp
@@ -37,7 +40,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from canvasd.config import EMBEDDED_MODEL_ID, ModelSpec, Settings
 
@@ -63,7 +66,8 @@ class BenchConfig:
     model: str | None = None  # None: the embedded model; "name=/path": a local folder; "fake"
     scenarios: tuple[str, ...] = SCENARIOS
     concurrency: tuple[int, ...] = (1, 2, 4, 8, 16)
-    requests: int | None = None  # per level; None: max(8, 3 x concurrency)
+    requests: int | None = None  # per level and round; None: max(8, 3 x concurrency)
+    rounds: int = 1  # times each level is measured per scenario (interleaved), pooled
     stream: str = "both"  # off | on | both
     partial_images: int = 2  # streamed runs
     size: str = "1024x1024"
@@ -89,6 +93,8 @@ class BenchConfig:
             raise ValueError(f"unknown scenarios {sorted(unknown)}; choose from {SCENARIOS}")
         if cfg.stream not in ("off", "on", "both"):
             raise ValueError("stream must be off, on or both")
+        if cfg.rounds < 1:
+            raise ValueError("rounds must be at least 1")
         return cfg
 
     def requests_at(self, c: int) -> int:
@@ -223,57 +229,83 @@ class RssSampler:
 
 
 RequestFn = Callable[[RequestSpec, bool], Awaitable[tuple[float, float | None, int]]]
+BatchProbe = Callable[[], "tuple[float, float] | None"]
+
+
+@dataclass
+class Runner:
+    """One scenario, started and warmed up, ready to be sent levels of requests."""
+    scenario: str
+    do_request: RequestFn
+    rss_pid: int  # the process whose peak RSS is reported
+    batch_probe: BatchProbe  # (sum, count) of the engine's batch-size histogram
+
+
+@dataclass
+class LevelSamples:
+    """What one scenario measured at one level, pooled over rounds."""
+    latencies: list[float] = field(default_factory=list)
+    ttfps: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    requests: int = 0
+    images: int = 0
+    wall_s: float = 0.0
+    peak_rss_mb: float = 0.0
+    batch_sum: float = 0.0
+    batch_count: float = 0.0
+
+    def result(self, scenario: str, stream: bool, concurrency: int) -> LevelResult:
+        mean_batch = round(self.batch_sum / self.batch_count, 2) if self.batch_count > 0 else None
+        return LevelResult(
+            scenario=scenario, stream=stream, concurrency=concurrency, requests=self.requests,
+            ok=len(self.latencies), errors=len(self.errors), images=self.images, wall_s=round(self.wall_s, 3),
+            images_per_s=round(self.images / self.wall_s, 3) if self.wall_s > 0 else 0.0,
+            latency_s=percentiles(self.latencies), ttfp_s=percentiles(self.ttfps) if stream else None,
+            peak_rss_mb=self.peak_rss_mb or None, mean_batch=mean_batch,
+            first_error=self.errors[0] if self.errors else None,
+        )
 
 
 async def run_level(
-    scenario: str, stream: bool, concurrency: int, plan: list[RequestSpec], do_request: RequestFn,
-    cfg: BenchConfig, rss_pid: int, batch_probe: Callable[[], tuple[float, float] | None],
-) -> LevelResult:
+    runner: Runner, stream: bool, concurrency: int, plan: list[RequestSpec], cfg: BenchConfig,
+    into: LevelSamples,
+) -> None:
     """C clients share the plan; each sends its next request when the previous one answered."""
     from tqdm import tqdm
 
-    latencies: list[float] = []
-    ttfps: list[float] = []
-    errors: list[str] = []
-    images = 0
     next_index = 0
     deadline = time.monotonic() + cfg.level_timeout_s
-    bar = tqdm(total=len(plan), desc=f"{scenario:<11} {'stream' if stream else 'plain ':6} c={concurrency:<3}",
+    bar = tqdm(total=len(plan), desc=f"{runner.scenario:<11} {'stream' if stream else 'plain ':6} c={concurrency:<3}",
                unit="req", disable=not cfg.progress, leave=True)
 
     async def client() -> None:
-        nonlocal next_index, images
+        nonlocal next_index
         while next_index < len(plan) and time.monotonic() < deadline:
             spec = plan[next_index]
             next_index += 1
             try:
-                latency, ttfp, count = await do_request(spec, stream)
+                latency, ttfp, count = await runner.do_request(spec, stream)
             except Exception as exc:  # counted, shown once; the level goes on
-                errors.append(f"{type(exc).__name__}: {exc}")
+                into.errors.append(f"{type(exc).__name__}: {exc}")
             else:
-                latencies.append(latency)
-                images += count
+                into.latencies.append(latency)
+                into.images += count
                 if ttfp is not None:
-                    ttfps.append(ttfp)
+                    into.ttfps.append(ttfp)
             bar.update(1)
 
-    before = batch_probe()
-    with RssSampler(rss_pid) as rss:
+    before = runner.batch_probe()
+    with RssSampler(runner.rss_pid) as rss:
         t0 = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(concurrency)))
-        wall = time.perf_counter() - t0
-    after = batch_probe()
+        into.wall_s += time.perf_counter() - t0
+    after = runner.batch_probe()
     bar.close()
-    mean_batch = None
+    into.requests += next_index
+    into.peak_rss_mb = max(into.peak_rss_mb, rss.peak_mb)
     if before and after and after[1] > before[1]:
-        mean_batch = round((after[0] - before[0]) / (after[1] - before[1]), 2)
-    return LevelResult(
-        scenario=scenario, stream=stream, concurrency=concurrency, requests=next_index,
-        ok=len(latencies), errors=len(errors), images=images, wall_s=round(wall, 3),
-        images_per_s=round(images / wall, 3) if wall > 0 else 0.0,
-        latency_s=percentiles(latencies), ttfp_s=percentiles(ttfps) if stream else None,
-        peak_rss_mb=rss.peak_mb, mean_batch=mean_batch, first_error=errors[0] if errors else None,
-    )
+        into.batch_sum += after[0] - before[0]
+        into.batch_count += after[1] - before[1]
 
 
 # ---------------------------------------------------------------------------- (a) engine -----
@@ -339,8 +371,9 @@ def step_scaling(backend: Any, job: Any, batches: tuple[int, ...] = STEP_BATCHES
             "ceiling": {str(k): round(one / (v / k), 2) for k, v in step_s.items()}}
 
 
-async def bench_engine(cfg: BenchConfig, spec: ModelSpec, image_dir: str,
-                       scaling: dict[str, Any]) -> list[LevelResult]:
+@contextlib.asynccontextmanager
+async def open_engine(cfg: BenchConfig, spec: ModelSpec, image_dir: str,
+                      scaling: dict[str, Any]) -> AsyncIterator[Runner]:
     """canvasd without HTTP: the request body goes through the API's own validation into a job,
     and the finished (and partial) images are fitted and encoded by the API's own renderer, so
     (a) makes the same bytes as (b) and (b)/(a) is the cost of HTTP, JSON, base64 and the SDK.
@@ -384,17 +417,11 @@ async def bench_engine(cfg: BenchConfig, spec: ModelSpec, image_dir: str,
         encoded = await renderer.all(await handle.result(), plan.out)
         return time.perf_counter() - t0, ttfp, len(encoded)
 
-    results = []
     try:
         await do_request(request_plan(cfg, 1)[0], False)  # warm-up
-        for stream in cfg.stream_modes():
-            for c in cfg.concurrency:
-                plan = request_plan(cfg, cfg.requests_at(c))
-                results.append(await run_level("engine", stream, c, plan, do_request, cfg,
-                                               os.getpid(), engine_batch_probe))
+        yield Runner("engine", do_request, os.getpid(), engine_batch_probe)
     finally:
         await engine.ashutdown(timeout_s=30)
-    return results
 
 
 # ---------------------------------------------------------------------------- (b)/(c) HTTP ---
@@ -507,7 +534,10 @@ def http_batch_probe(base_url: str) -> Callable[[], tuple[float, float] | None]:
     return probe
 
 
-async def bench_http(cfg: BenchConfig, spec: ModelSpec, scenario: str, image_dir: str) -> list[LevelResult]:
+@contextlib.asynccontextmanager
+async def open_http(cfg: BenchConfig, spec: ModelSpec, scenario: str, image_dir: str) -> AsyncIterator[Runner]:
+    """A canvasd server in a child process (batching on for "http", off for "http-serial"),
+    called with the official SDK; warmed up before it is handed out, stopped on exit."""
     from openai import AsyncOpenAI
 
     settings = scenario_settings(cfg, spec, scenario == "http", image_dir)
@@ -549,15 +579,10 @@ async def bench_http(cfg: BenchConfig, spec: ModelSpec, scenario: str, image_dir
                 if time.monotonic() > deadline or not server.proc.is_alive():
                     raise
                 await asyncio.sleep(1)
-        probe = http_batch_probe(server.base_url)
-        results = []
-        for stream in cfg.stream_modes():
-            for c in cfg.concurrency:
-                plan = request_plan(cfg, cfg.requests_at(c))
-                results.append(await run_level(scenario, stream, c, plan, do_request, cfg,
-                                               server.proc.pid, lambda: probe()))
-        await client.close()
-        return results
+        try:
+            yield Runner(scenario, do_request, server.proc.pid, http_batch_probe(server.base_url))
+        finally:
+            await client.close()
     finally:
         await asyncio.to_thread(server.stop)
 
@@ -671,15 +696,29 @@ def machine_info() -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------- entry point ----
 async def _run_all(cfg: BenchConfig, spec: ModelSpec, scaling: dict[str, Any]) -> list[LevelResult]:
+    """Start every scenario, then measure level by level, each level in every scenario back to
+    back (the order rotating), so machine drift hits all scenarios of a ratio alike."""
     results: list[LevelResult] = []
     with tempfile.TemporaryDirectory(prefix="canvasd-bench-") as image_dir:
-        for scenario in cfg.scenarios:
-            if scenario == "engine":
-                results += await bench_engine(cfg, spec, image_dir, scaling)
-                gc.collect()  # let the in-process model go before the servers load theirs
-            else:
-                results += await bench_http(cfg, spec, scenario, image_dir)
-    return results
+        async with contextlib.AsyncExitStack() as stack:
+            runners = []
+            for scenario in cfg.scenarios:
+                opener = (open_engine(cfg, spec, image_dir, scaling) if scenario == "engine"
+                          else open_http(cfg, spec, scenario, image_dir))
+                runners.append(await stack.enter_async_context(opener))
+            turn = 0
+            for stream in cfg.stream_modes():
+                for c in cfg.concurrency:
+                    plan = request_plan(cfg, cfg.requests_at(c))
+                    pooled = {r.scenario: LevelSamples() for r in runners}
+                    for _ in range(cfg.rounds):
+                        k = turn % len(runners)
+                        turn += 1
+                        for runner in runners[k:] + runners[:k]:
+                            await run_level(runner, stream, c, plan, cfg, pooled[runner.scenario])
+                    results += [pooled[r.scenario].result(r.scenario, stream, c) for r in runners]
+    order = {name: i for i, name in enumerate(cfg.scenarios)}
+    return sorted(results, key=lambda r: (order[r.scenario], r.stream, r.concurrency))
 
 
 def run_bench(config: BenchConfig | None = None, **overrides: Any) -> dict[str, Any]:

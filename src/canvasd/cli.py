@@ -184,7 +184,8 @@ def bench(
         Optional[str], typer.Option(help="name=/path (diffusers folder), 'fake', or the embedded model.")
     ] = None,
     concurrency: Annotated[str, typer.Option(help="Comma-separated levels.")] = "1,2,4,8,16",
-    requests: Annotated[Optional[int], typer.Option(help="Requests per level.")] = None,
+    requests: Annotated[Optional[int], typer.Option(help="Requests per level and round.")] = None,
+    rounds: Annotated[int, typer.Option(help="Rounds per level, interleaved across scenarios and pooled.")] = 1,
     scenarios: Annotated[str, typer.Option(help="Subset of engine,http,http-serial.")] = "",
     stream: Annotated[str, typer.Option(help="off | on | both")] = "both",
     partial_images: int = 2,
@@ -201,7 +202,7 @@ def bench(
     from canvasd.bench import BenchConfig, run_bench
 
     overrides = dict(
-        model=model, concurrency=tuple(int(c) for c in concurrency.split(",")), requests=requests,
+        model=model, concurrency=tuple(int(c) for c in concurrency.split(",")), requests=requests, rounds=rounds,
         stream=stream, partial_images=partial_images, size=size, quality=quality, mixed=mixed,
         max_batch=max_batch, threads=threads, precision=precision, quick=quick, out_dir=out_dir,
     )
