@@ -285,3 +285,27 @@ def test_high_noise_p_moves_timesteps_to_the_noisier_half(trained):
     train(cfg, export_to=root / "w-noisy", progress_bar=False)
     recipe = json.loads((root / "w-noisy" / "config.json").read_text())["training"]["recipe"]
     assert recipe["high_noise_p"] == 0.5
+
+
+def test_clamping_scheduler_steps_exactly_like_diffusers_thresholding():
+    """The x0 clamp skips diffusers' per-sample quantile (it is clamped to 1 anyway): same numbers."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    from canvasd.backends.emoji.model import ModelConfig
+    from canvasd.backends.emoji.sampler import make_scheduler
+
+    mcfg = ModelConfig()
+    ours = make_scheduler(mcfg)
+    reference = DPMSolverMultistepScheduler(**ours.config)  # same config, diffusers' own thresholding
+    assert type(ours) is not DPMSolverMultistepScheduler and ours.config.thresholding
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 64, 16, 16, generator=g)
+    outs = {}
+    for name, sched in (("ours", ours), ("reference", reference)):
+        sched.set_timesteps(6)
+        z = x.clone()
+        for t in sched.timesteps:
+            pred = 3 * torch.randn(z.shape, generator=torch.Generator().manual_seed(int(t)))  # far outside [-1, 1]
+            z = sched.step(pred, t, z).prev_sample
+        outs[name] = z
+    assert torch.equal(outs["ours"], outs["reference"])

@@ -9,6 +9,7 @@ added only for samples that need them (an unconditional variation needs one row,
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -54,14 +55,30 @@ def make_scheduler(mcfg: ModelConfig, clip_x0: bool = True, solver: str = SOLVER
     and batch-mates never share noise). `clip_x0`: clamp each x0 prediction to the valid pixel
     range [-1, 1] (diffusers' dynamic thresholding with sample_max_value=1 is exactly that clamp);
     in pixel space this stops guided predictions from overshooting into blown-out colours."""
-    from diffusers import DPMSolverMultistepScheduler
-
     if solver not in SOLVERS:
         raise ValueError(f"sampling.solver must be one of {', '.join(SOLVERS)}, not {solver!r}")
-    return DPMSolverMultistepScheduler(
+    return _scheduler_class()(
         **mcfg.scheduler_config(), algorithm_type=solver, solver_order=2, lower_order_final=True,
         thresholding=clip_x0, sample_max_value=1.0, dynamic_thresholding_ratio=0.995,
     )
+
+
+@functools.cache
+def _scheduler_class():
+    from diffusers import DPMSolverMultistepScheduler
+
+    class ClampingDPMSolver(DPMSolverMultistepScheduler):
+        """Dynamic thresholding clamps each sample's quantile s into [1, sample_max_value]; with
+        sample_max_value=1 that is s = 1, a plain clamp to [-1, 1]. The quantile it computes anyway
+        was 90% of a scheduler step (1.6 of 1.7 ms per image per step, measured), paid once per
+        image in every batched step: skipped, same result."""
+
+        def _threshold_sample(self, sample: torch.Tensor) -> torch.Tensor:
+            if self.config.sample_max_value == 1.0 and sample.dtype in (torch.float32, torch.float64):
+                return sample.clamp(-1.0, 1.0)
+            return super()._threshold_sample(sample)
+
+    return ClampingDPMSolver
 
 
 @dataclass
