@@ -309,3 +309,51 @@ def test_clamping_scheduler_steps_exactly_like_diffusers_thresholding():
             z = sched.step(pred, t, z).prev_sample
         outs[name] = z
     assert torch.equal(outs["ours"], outs["reference"])
+
+
+def test_timestep_shift_lowers_log_snr_by_twice_log_shift():
+    from canvasd.backends.emoji.model import ModelConfig, shift_timesteps
+    from canvasd.training.train import make_noise_scheduler
+
+    a = make_noise_scheduler(ModelConfig()).alphas_cumprod.double().numpy()
+    t = np.array([100.0, 300.0, 500.0, 700.0])
+    assert np.array_equal(shift_timesteps(t, a, 1.0), t)
+    moved = shift_timesteps(t, a, 3.0)
+    assert np.all(moved > t) and np.all(np.diff(moved) > 0)  # noisier, order kept
+
+    def log_snr(x):
+        ab = np.interp(x, np.arange(len(a)), a)
+        return np.log(ab / (1 - ab))
+
+    np.testing.assert_allclose(log_snr(t) - log_snr(moved), 2 * np.log(3.0), atol=0.05)
+
+
+def test_shifted_training_timesteps_reach_the_recipe_and_the_sampler(trained, backend):
+    from canvasd.backends.emoji.model import ModelConfig
+    from canvasd.training.train import make_noise_scheduler, sample_timesteps
+
+    a = make_noise_scheduler(ModelConfig()).alphas_cumprod
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    uniform = sample_timesteps(20000, 1000, 0.0, g(), 1.0, a)
+    shifted = sample_timesteps(20000, 1000, 0.0, g(), 3.0, a)
+    assert 0 <= int(shifted.min()) and int(shifted.max()) <= 999
+    assert abs((uniform >= 900).float().mean().item() - 0.10) < 0.01
+    assert (shifted >= 900).float().mean().item() > 0.25  # ~2.8x the uniform density up there
+    assert (shifted < 300).float().mean().item() > 0.05  # low noise is still trained
+
+    root, _, _ = trained
+    cfg = TrainConfig.tiny(name="shifted", data_dir=str(root / "data"), runs_dir=str(root / "runs"),
+                           max_steps=1, timestep_shift=3.0)
+    train(cfg, export_to=root / "w-shifted", progress_bar=False)
+    config = json.loads((root / "w-shifted" / "config.json").read_text())
+    assert config["training"]["recipe"]["timestep_shift"] == 3.0
+    assert config["sampling"]["timestep_shift"] == 3.0  # the sampler follows the recipe
+    b = EmojiBackend("canvasd-emoji", str(root / "w-shifted"), precision="fp32")
+    b.load()
+    ours, plain = b.start(_job(steps=14))[0], backend.start(_job(steps=14))[0]
+    assert plain.timesteps.tolist()[:3] == [999, 928, 856]  # diffusers' default grid, unshifted weights
+    ts = ours.timesteps.tolist()
+    assert ts[0] == 999 and all(x > y for x, y in zip(ts, ts[1:])) and len(ts) == 14
+    assert sum(t >= 850 for t in ts) >= 2 * sum(t >= 850 for t in plain.timesteps.tolist())
+    img = _run(b, _job(steps=6))[0]
+    assert img.mode == "RGBA" and img.size == (64, 64)

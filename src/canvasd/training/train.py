@@ -29,7 +29,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from canvasd.backends.emoji.model import ModelConfig, TextCond, build_unet, rgba_uint8_to_model, to_latent
+from canvasd.backends.emoji.model import (
+    ModelConfig, TextCond, build_unet, rgba_uint8_to_model, shift_timesteps, to_latent,
+)
 from canvasd.backends.precision import cpu_has_fast_bf16
 from canvasd.training.trainset import EmojiData, load_training_data
 
@@ -72,6 +74,10 @@ class TrainConfig:
     # decided. For fine-tuning a model whose low-noise predictions are already clean (its
     # reconstruction sheet) but whose concepts are not yet told apart (apple vs tomato).
     high_noise_p: float = 0.0
+    # Training timesteps drawn uniformly, then moved by `model.shift_timesteps(.., shift)`: > 1 puts
+    # more of them at high noise, where the concept is decided. Exported as the sampler's
+    # `sampling.timestep_shift`, so sampling visits noise levels with the density training saw.
+    timestep_shift: float = 1.0
     augment_p: float = 0.25  # probability of random scale 0.9-1.0 + shift of <= 2 px
     hflip: bool = False  # off: emoji are not mirror-symmetric (text, arrows, flags)
     ckpt_every_minutes: float = 5.0
@@ -161,9 +167,17 @@ def augment(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
     return out * 2 - 1
 
 
-def sample_timesteps(n: int, num_train_timesteps: int, high_noise_p: float, gen: torch.Generator) -> torch.Tensor:
-    """n training timesteps: uniform over [0, T), or with probability high_noise_p over [T/2, T)."""
-    t = torch.randint(0, num_train_timesteps, (n,), generator=gen)
+def sample_timesteps(n: int, num_train_timesteps: int, high_noise_p: float, gen: torch.Generator,
+                     shift: float = 1.0, alphas_cumprod: torch.Tensor | None = None) -> torch.Tensor:
+    """n training timesteps: uniform over [0, T), or with probability high_noise_p over [T/2, T).
+    shift > 1: the uniform draw is moved by `shift_timesteps` first, so training sees noise levels
+    with the density the shifted sampler visits them (`sampling.timestep_shift`)."""
+    if shift == 1.0:
+        t = torch.randint(0, num_train_timesteps, (n,), generator=gen)
+    else:
+        u = torch.rand(n, generator=gen, dtype=torch.float64) * (num_train_timesteps - 1)
+        shifted = shift_timesteps(u.numpy(), alphas_cumprod.double().numpy(), shift)
+        t = torch.from_numpy(np.rint(shifted)).long().clamp(0, num_train_timesteps - 1)
     if high_noise_p <= 0:
         return t
     half = num_train_timesteps // 2
@@ -230,7 +244,7 @@ def export(ckpt_path: str | Path, weights_dir: str | Path, use_ema: bool = True)
         "text_encoder": {"package": mcfg.text_encoder, "model": "sentence-transformers/all-MiniLM-L6-v2",
                          "max_tokens": mcfg.max_tokens, "pooled": "mean, L2-normalised"},
         "sampling": {"quality_steps": QUALITY_STEPS, "default_guidance": DEFAULT_GUIDANCE, "row_multiple": ROW_MULTIPLE,
-                     "solver": SOLVER},
+                     "solver": SOLVER, "timestep_shift": float(cfg.get("timestep_shift", 1.0))},
         "training": {
             "recipe": {k: v for k, v in cfg.items() if k != "model"},
             "step": ck["step"],
@@ -374,7 +388,7 @@ def train(cfg: TrainConfig, export_to: str | Path | None = None, progress_bar: b
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         z0 = to_latent(x, cfg.model.patch)
         noise = torch.randn(z0.shape, generator=gen)
-        t = sample_timesteps(len(z0), cfg.model.num_train_timesteps, cfg.high_noise_p, gen)
+        t = sample_timesteps(len(z0), cfg.model.num_train_timesteps, cfg.high_noise_p, gen, cfg.timestep_shift, alphas_cumprod)
         a = alphas_cumprod[t].sqrt()[:, None, None, None]
         s = (1 - alphas_cumprod[t]).sqrt()[:, None, None, None]
         zt = a * z0 + s * noise
@@ -452,6 +466,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--min-snr-gamma", type=float, help="v_prediction: min-SNR loss weighting (default: plain v-MSE)")
     p.add_argument("--high-noise-p", type=float, default=0.0,
                    help="fraction of timesteps drawn from the noisier half [T/2, T) (default 0: uniform)")
+    p.add_argument("--timestep-shift", type=float, default=1.0,
+                   help="draw training timesteps shifted to higher noise by this factor (default 1: uniform); "
+                        "exported as the sampler's timestep_shift")
     p.add_argument("--p-name", type=float, default=0.5, help="probability of captioning with the concept's name")
     p.add_argument("--warmup-steps", type=int, default=200)
     p.add_argument("--finetune-from", metavar="CKPT", help="new run from CKPT (a ckpt.pt, or a weights folder) with a fresh lr schedule")
@@ -470,7 +487,7 @@ def main(argv: list[str] | None = None) -> None:
         name=a.name, data_dir=a.data_dir, data_name=a.data_name, runs_dir=a.runs_dir, max_minutes=a.max_minutes,
         max_steps=a.max_steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed, threads=a.threads,
         ckpt_every_minutes=a.ckpt_every_minutes, augment_p=a.augment_p, hflip=a.hflip,
-        min_snr_gamma=a.min_snr_gamma, sample_snr_cap=a.sample_snr_cap, p_name=a.p_name, high_noise_p=a.high_noise_p, warmup_steps=a.warmup_steps, finetune_from=a.finetune_from, bf16=a.bf16,
+        min_snr_gamma=a.min_snr_gamma, sample_snr_cap=a.sample_snr_cap, p_name=a.p_name, high_noise_p=a.high_noise_p, timestep_shift=a.timestep_shift, warmup_steps=a.warmup_steps, finetune_from=a.finetune_from, bf16=a.bf16,
     )
     cfg = TrainConfig.tiny(**kw) if a.tiny else TrainConfig(**kw)
     cfg.model.prediction_type = a.prediction_type

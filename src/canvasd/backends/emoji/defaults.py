@@ -16,3 +16,6 @@ SOLVER = "dpmsolver++"
 # batched with others, pixels may differ by a few levels. `sampling.row_multiple: 4` in a weights
 # folder's config.json turns it on.
 ROW_MULTIPLE = 1
+# Sampler grid moved towards high noise by this factor (`model.shift_timesteps`); a weights folder
+# trained with `--timestep-shift S` sets `sampling.timestep_shift: S`. 1 = diffusers' uniform grid.
+TIMESTEP_SHIFT = 1.0

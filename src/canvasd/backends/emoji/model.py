@@ -79,6 +79,25 @@ def clean_prediction(out: torch.Tensor, z_t: torch.Tensor, alpha_bar: torch.Tens
     raise ValueError(f"unsupported prediction_type {prediction_type!r}")
 
 
+def shift_timesteps(t: np.ndarray, alphas_cumprod: np.ndarray, shift: float) -> np.ndarray:
+    """Move (float) timesteps t to where the log-SNR is lower by 2*ln(shift): t' has the noise level
+    that t would have in an image `shift` times wider (Hoogeboom et al., *simple diffusion*, 2023;
+    SD3's timestep shift). shift=1 is the identity.
+
+    Why: a 16x16 token of the pixel-unshuffled 64x64 image holds 64 values, so even at t = 900 of the
+    cosine schedule the noisy image already fixes the layout (measured: text conditioning lowers the
+    x0 error by 4% at t = 900, 40% at t = 999). With uniform t, training and a uniform sampler grid
+    spend ~10% of their effort where the concept is decided."""
+    t = np.asarray(t, dtype=np.float64)
+    if shift == 1.0:
+        return t
+    a = np.asarray(alphas_cumprod, dtype=np.float64)
+    lam = np.log(a / (1 - a))  # strictly decreasing in t
+    grid = np.arange(len(a), dtype=np.float64)
+    lam_t = np.interp(t, grid, lam) - 2 * np.log(shift)
+    return np.interp(-lam_t, -lam, grid)  # the inverse, on the increasing -lam
+
+
 def build_unet(cfg: ModelConfig):
     from diffusers import UNet2DConditionModel
 

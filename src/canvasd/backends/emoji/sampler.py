@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from canvasd.backends.base import Sample
-from canvasd.backends.emoji.defaults import ROW_MULTIPLE, SOLVER, SOLVERS
+from canvasd.backends.emoji.defaults import ROW_MULTIPLE, SOLVER, SOLVERS, TIMESTEP_SHIFT
 from canvasd.backends.precision import run_denoiser_in_bf16, use_bf16
 from canvasd.backends.emoji.model import (
     ModelConfig,
@@ -29,6 +29,7 @@ from canvasd.backends.emoji.model import (
     from_latent,
     model_to_rgba_uint8,
     rgba_uint8_to_model,
+    shift_timesteps,
     to_latent,
 )
 
@@ -61,6 +62,20 @@ def make_scheduler(mcfg: ModelConfig, clip_x0: bool = True, solver: str = SOLVER
         **mcfg.scheduler_config(), algorithm_type=solver, solver_order=2, lower_order_final=True,
         thresholding=clip_x0, sample_max_value=1.0, dynamic_thresholding_ratio=0.995,
     )
+
+
+def set_sampler_timesteps(sched, steps: int, shift: float = 1.0) -> None:
+    """`steps` solver steps on diffusers' default grid (linspace over [0, T)), moved towards high
+    noise by `shift_timesteps` when shift > 1 (where the training timesteps were drawn the same way).
+    Rounding can merge neighbouring steps at the noisy end; duplicates are dropped."""
+    if shift == 1.0:
+        sched.set_timesteps(steps)
+        return
+    T = sched.config.num_train_timesteps
+    grid = np.linspace(0, T - 1, steps + 1)[::-1][:-1]  # the default grid: T-1 down, t = 0 excluded
+    moved = np.rint(shift_timesteps(grid, sched.alphas_cumprod.numpy(), shift)).astype(np.int64)
+    timesteps = [int(t) for i, t in enumerate(moved) if i == 0 or t < moved[i - 1]]
+    sched.set_timesteps(timesteps=timesteps)
 
 
 @functools.cache
@@ -124,6 +139,7 @@ class EmojiPipeline:
         self._sched = None
         self._alphas: torch.Tensor | None = None
         self.row_multiple = int(config.get("sampling", {}).get("row_multiple", ROW_MULTIPLE))
+        self.timestep_shift = float(config.get("sampling", {}).get("timestep_shift", TIMESTEP_SHIFT))
 
     def load(self) -> None:
         from safetensors.torch import load_file
@@ -162,7 +178,7 @@ class EmojiPipeline:
         for i in range(job.n):
             gen = torch.Generator().manual_seed(int(job.seed) + i)
             sched = copy.deepcopy(self._sched)
-            sched.set_timesteps(max(1, int(job.steps)))
+            set_sampler_timesteps(sched, max(1, int(job.steps)), self.timestep_shift)
             timesteps = sched.timesteps
             shape = (1, self.mcfg.latent_channels, self.mcfg.latent_size, self.mcfg.latent_size)
             noise = torch.randn(shape, generator=gen)
