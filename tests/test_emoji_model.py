@@ -357,3 +357,33 @@ def test_shifted_training_timesteps_reach_the_recipe_and_the_sampler(trained, ba
     assert sum(t >= 850 for t in ts) >= 2 * sum(t >= 850 for t in plain.timesteps.tolist())
     img = _run(b, _job(steps=6))[0]
     assert img.mode == "RGBA" and img.size == (64, 64)
+
+
+def test_guidance_interval_skips_the_unconditional_rows_below_its_timestep(trained, backend, tmp_path):
+    root, _, _ = trained
+    rows: list[int] = []
+
+    def counting(b: EmojiBackend) -> EmojiBackend:
+        unet = b.pipe.unet
+        forward = unet.forward
+        unet.forward = lambda z, *a, **k: (rows.append(len(z)), forward(z, *a, **k))[1]
+        return b
+
+    def with_min_t(t: int) -> EmojiBackend:
+        b = EmojiBackend("canvasd-emoji", str(_weights_with_sampling(root, tmp_path / f"g{t}", guidance_min_timestep=t)),
+                         precision="fp32")
+        b.load()
+        return counting(b)
+
+    j = _job(seed=3, steps=6, guidance_scale=5.0)
+    never = with_min_t(1000)
+    assert _png(_run(never, j)[0]) == _png(_run(backend, _job(seed=3, steps=6, guidance_scale=1.0))[0])
+    assert rows == [1] * 6  # conditional row only: exactly the unguided image
+    rows.clear()
+    mid = with_min_t(500)
+    start = mid.start(j)[0]
+    guided_steps = sum(int(t) >= 500 for t in start.timesteps)
+    assert 0 < guided_steps < 6
+    guided = _run(mid, j)[0]
+    assert rows == [2] * guided_steps + [1] * (6 - guided_steps)
+    assert _png(guided) != _png(_run(never, j)[0]) and _png(guided) != _png(_run(backend, j)[0])

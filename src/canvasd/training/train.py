@@ -227,7 +227,7 @@ def export(ckpt_path: str | Path, weights_dir: str | Path, use_ema: bool = True)
     """Write fp16 safetensors + config.json (architecture, scheduler, text encoder, recipe)."""
     from safetensors.torch import save_file
 
-    from canvasd.backends.emoji.defaults import DEFAULT_GUIDANCE, QUALITY_STEPS, ROW_MULTIPLE, SOLVER
+    from canvasd.backends.emoji.defaults import DEFAULT_GUIDANCE, GUIDANCE_MIN_TIMESTEP, QUALITY_STEPS, ROW_MULTIPLE, SOLVER
 
     ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     sd = ck["ema" if use_ema else "model"]
@@ -244,7 +244,8 @@ def export(ckpt_path: str | Path, weights_dir: str | Path, use_ema: bool = True)
         "text_encoder": {"package": mcfg.text_encoder, "model": "sentence-transformers/all-MiniLM-L6-v2",
                          "max_tokens": mcfg.max_tokens, "pooled": "mean, L2-normalised"},
         "sampling": {"quality_steps": QUALITY_STEPS, "default_guidance": DEFAULT_GUIDANCE, "row_multiple": ROW_MULTIPLE,
-                     "solver": SOLVER, "timestep_shift": float(cfg.get("timestep_shift", 1.0))},
+                     "solver": SOLVER, "timestep_shift": float(cfg.get("timestep_shift", 1.0)),
+                     "guidance_min_timestep": GUIDANCE_MIN_TIMESTEP},
         "training": {
             "recipe": {k: v for k, v in cfg.items() if k != "model"},
             "step": ck["step"],

@@ -19,3 +19,8 @@ ROW_MULTIPLE = 1
 # Sampler grid moved towards high noise by this factor (`model.shift_timesteps`); a weights folder
 # trained with `--timestep-shift S` sets `sampling.timestep_shift: S`. 1 = diffusers' uniform grid.
 TIMESTEP_SHIFT = 1.0
+# Classifier-free guidance only at timesteps >= this (a guidance interval, Kynkäänniemi et al.
+# 2024): at low noise the silhouette is settled and guidance only sharpens per-pixel speckle, at
+# twice the UNet rows. 0 = guide every step; a weights folder's `sampling.guidance_min_timestep`
+# overrides it.
+GUIDANCE_MIN_TIMESTEP = 0

@@ -3,7 +3,9 @@
 Every sample owns a copy of the DPM-Solver++ scheduler, its seeded noise, its text conditioning and
 optional init image / keep-mask, so samples from different requests at different step indices can
 share one UNet forward (`EmojiPipeline.step`). Classifier-free guidance rows ([cond, uncond]) are
-added only for samples that need them (an unconditional variation needs one row, not two).
+added only for samples that need them (an unconditional variation needs one row, not two), and only
+at timesteps >= `sampling.guidance_min_timestep` (guidance interval: below it the prompt's silhouette
+is settled and guidance only adds speckle).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 
 from canvasd.backends.base import Sample
-from canvasd.backends.emoji.defaults import ROW_MULTIPLE, SOLVER, SOLVERS, TIMESTEP_SHIFT
+from canvasd.backends.emoji.defaults import GUIDANCE_MIN_TIMESTEP, ROW_MULTIPLE, SOLVER, SOLVERS, TIMESTEP_SHIFT
 from canvasd.backends.precision import run_denoiser_in_bf16, use_bf16
 from canvasd.backends.emoji.model import (
     ModelConfig,
@@ -140,6 +142,7 @@ class EmojiPipeline:
         self._alphas: torch.Tensor | None = None
         self.row_multiple = int(config.get("sampling", {}).get("row_multiple", ROW_MULTIPLE))
         self.timestep_shift = float(config.get("sampling", {}).get("timestep_shift", TIMESTEP_SHIFT))
+        self.guidance_min_timestep = int(config.get("sampling", {}).get("guidance_min_timestep", GUIDANCE_MIN_TIMESTEP))
 
     def load(self) -> None:
         from safetensors.torch import load_file
@@ -213,8 +216,9 @@ class EmojiPipeline:
             rows_z.append(s.latents)
             rows_t.append(t)
             rows_c.append(s.cond)
-        for s in samples:  # unconditional rows after all conditional ones
-            if s.uncond is not None:
+        guided = [s.uncond is not None and int(s.timesteps[s.step]) >= self.guidance_min_timestep for s in samples]
+        for s, g in zip(samples, guided):  # unconditional rows after all conditional ones
+            if g:
                 rows_z.append(s.latents)
                 rows_t.append(s.timesteps[s.step])
                 rows_c.append(s.uncond)
@@ -228,9 +232,9 @@ class EmojiPipeline:
             encoder_attention_mask=c.mask, class_labels=c.pooled,
         ).sample
         u = len(samples)
-        for i, s in enumerate(samples):
+        for i, (s, g) in enumerate(zip(samples, guided)):
             v = out[i : i + 1]
-            if s.uncond is not None:
+            if g:
                 vu = out[u : u + 1]
                 u += 1
                 v = vu + s.guidance * (v - vu)
