@@ -357,6 +357,10 @@ def test_shifted_training_timesteps_reach_the_recipe_and_the_sampler(trained, ba
     assert sum(t >= 850 for t in ts) >= 2 * sum(t >= 850 for t in plain.timesteps.tolist())
     img = _run(b, _job(steps=6))[0]
     assert img.mode == "RGBA" and img.size == (64, 64)
+    # img2img keeps the uniform grid, so strength starts at the noise level it names
+    edit = dict(kind="edit", steps=14, strength=0.6, init_images=[img])
+    assert b.start(_job(**edit))[0].timesteps.tolist() == backend.start(_job(**edit))[0].timesteps.tolist()
+    assert int(b.start(_job(**edit))[0].timesteps[0]) < 650
 
 
 def test_guidance_interval_skips_the_unconditional_rows_below_its_timestep(trained, backend, tmp_path):
@@ -387,3 +391,10 @@ def test_guidance_interval_skips_the_unconditional_rows_below_its_timestep(train
     guided = _run(mid, j)[0]
     assert rows == [2] * guided_steps + [1] * (6 - guided_steps)
     assert _png(guided) != _png(_run(never, j)[0]) and _png(guided) != _png(_run(backend, j)[0])
+    # img2img starts below the interval: guided at every step, so guidance_scale still matters
+    rows.clear()
+    init = _run(backend, _job(seed=5, steps=4))[0]
+    edit = dict(kind="edit", steps=6, strength=0.5, init_images=[init], seed=3)
+    a = _run(never, _job(guidance_scale=5.0, **edit))[0]
+    assert rows and set(rows) == {2}
+    assert _png(a) != _png(_run(never, _job(guidance_scale=1.0, **edit))[0])

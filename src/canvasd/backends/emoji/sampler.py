@@ -106,6 +106,7 @@ class EmojiSample(Sample):
     cond: TextCond | None = None  # one row
     uncond: TextCond | None = None  # one row, or None when guidance is irrelevant
     guidance: float = 1.0
+    guidance_min_timestep: int = 0  # guide only at timesteps >= this (the weights' guidance interval)
     init_latents: torch.Tensor | None = None  # clean init (img2img / inpaint)
     init_noise: torch.Tensor | None = None  # fixed noise for re-noising the keep region
     keep: torch.Tensor | None = None  # (1, 1, 64, 64) pixel-space, 1 = keep original
@@ -181,7 +182,12 @@ class EmojiPipeline:
         for i in range(job.n):
             gen = torch.Generator().manual_seed(int(job.seed) + i)
             sched = copy.deepcopy(self._sched)
-            set_sampler_timesteps(sched, max(1, int(job.steps)), self.timestep_shift)
+            # img2img keeps the uniform grid: `strength` then starts at the noise level it always
+            # meant (0.6 -> t ~ 600); on the shifted grid 0.6 of the steps would start at t ~ 830,
+            # where little of the input survives. Shapes are the input's, not decided at high noise.
+            from_noise = init is None or strength >= 1.0
+            shift = self.timestep_shift if from_noise else 1.0
+            set_sampler_timesteps(sched, max(1, int(job.steps)), shift)
             timesteps = sched.timesteps
             shape = (1, self.mcfg.latent_channels, self.mcfg.latent_size, self.mcfg.latent_size)
             noise = torch.randn(shape, generator=gen)
@@ -201,7 +207,10 @@ class EmojiPipeline:
             samples.append(EmojiSample(
                 job=job, index=i, total_steps=len(timesteps), latents=latents, scheduler=sched,
                 timesteps=timesteps, cond=cond, uncond=uncond if needs_cfg else None,
-                guidance=float(job.guidance_scale), init_latents=init, init_noise=init_noise, keep=keep,
+                guidance=float(job.guidance_scale),
+                # img2img starts below the interval (0.6 -> t ~ 600): it is guided at every step,
+                # else its prompt and guidance_scale would have no effect
+                guidance_min_timestep=self.guidance_min_timestep if from_noise else 0, init_latents=init, init_noise=init_noise, keep=keep,
                 keep_np=keep_np, init_rgba=init_rgba, generator=gen,
             ))
         return samples
@@ -216,7 +225,7 @@ class EmojiPipeline:
             rows_z.append(s.latents)
             rows_t.append(t)
             rows_c.append(s.cond)
-        guided = [s.uncond is not None and int(s.timesteps[s.step]) >= self.guidance_min_timestep for s in samples]
+        guided = [s.uncond is not None and int(s.timesteps[s.step]) >= s.guidance_min_timestep for s in samples]
         for s, g in zip(samples, guided):  # unconditional rows after all conditional ones
             if g:
                 rows_z.append(s.latents)
