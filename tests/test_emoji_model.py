@@ -200,6 +200,11 @@ def test_evaluate_writes_report_and_sheet(trained, tmp_path):
     assert json.loads((tmp_path / "eval.json").read_text())["steps"] == r["steps"]
     sheet = Image.open(tmp_path / "contact_sheet.png")
     assert sheet.width > 128 and "top-1" in (tmp_path / "eval.md").read_text()
+    prior = r["prior"]
+    assert prior["concepts"] > 0 and prior["t"] == 999
+    # the concept's mean image is the best constant per concept: an untrained net does worse
+    assert 0 < prior["concept_mean"] < prior["model_named"]
+    assert "from pure noise" in (tmp_path / "eval.md").read_text()
 
 
 def test_reconstruction_sheet_reports_error_per_noise_level(trained, tmp_path):
