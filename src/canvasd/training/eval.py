@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from canvasd.backends.emoji.backend import EmojiBackend
+from canvasd.backends.emoji.model import TextCond, clean_prediction, rgba_uint8_to_model, to_latent
 from canvasd.engine.jobs import Job
 from canvasd.training.sheet import contact_sheet
 from canvasd.training.trainset import load_arrays, style_phrase
@@ -159,6 +160,17 @@ def measure_speed(backend: EmojiBackend, repeats: int = 3) -> dict:
 
 
 @torch.inference_mode()
+def predict_clean(pipe, zt: torch.Tensor, t: int, cond: TextCond) -> torch.Tensor:
+    """The model's clean-latent prediction for noisy latents zt at timestep t; a one-row `cond`
+    is shared by every row."""
+    n = len(zt)
+    if len(cond.tokens) == 1 and n > 1:
+        cond = TextCond(cond.tokens.expand(n, -1, -1), cond.mask.expand(n, -1), cond.pooled.expand(n, -1))
+    out = pipe.unet(zt, torch.full((n,), t), encoder_hidden_states=cond.tokens, encoder_attention_mask=cond.mask,
+                    class_labels=cond.pooled).sample
+    return clean_prediction(out.float(), zt, pipe._alphas[t], pipe.mcfg.prediction_type)
+
+
 def prior_error(backend: EmojiBackend, arrays: dict, meta: dict, concepts: int = 160, seed: int = 0,
                 t: int = 999) -> dict:
     """How well the model knows a concept before any image exists: its x0 prediction from (almost)
@@ -166,10 +178,7 @@ def prior_error(backend: EmojiBackend, arrays: dict, meta: dict, concepts: int =
     concept's mean image is the best any predictor can do there (the oracle); the empty prompt shows
     how much the text adds. A finer signal than nearest-neighbour accuracy, which sits near its
     floor for a model that gets silhouettes but not parts right."""
-    from canvasd.backends.emoji.model import from_latent, rgba_uint8_to_model, to_latent
-
     pipe = backend.pipe
-    patch = pipe.mcfg.patch
     rng = np.random.default_rng(seed)
     train = arrays["split"] == 0
     ids = rng.choice(len(meta["concepts"]), size=min(concepts, len(meta["concepts"])), replace=False)
@@ -179,18 +188,12 @@ def prior_error(backend: EmojiBackend, arrays: dict, meta: dict, concepts: int =
         idx = np.flatnonzero((arrays["concept"] == cid) & train)
         if len(idx) < 2:
             continue
-        x = rgba_uint8_to_model(arrays["images"][idx])
-        z0 = to_latent(x, patch)
+        z0 = to_latent(rgba_uint8_to_model(arrays["images"][idx]), pipe.mcfg.patch)  # MSE is the same per pixel
         noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(int(cid)))
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
-        errors = []
-        for prompt in (meta["concepts"][cid]["name"], ""):
-            c = pipe.text.encode([prompt])
-            n = len(idx)
-            out = pipe.unet(zt, torch.full((n,), t), encoder_hidden_states=c.tokens.expand(n, -1, -1),
-                            encoder_attention_mask=c.mask.expand(n, -1), class_labels=c.pooled.expand(n, -1)).sample
-            errors.append(float(((from_latent(out.float(), patch) - x) ** 2).mean()))
-        sums += [errors[0], errors[1], float(((x.mean(0, keepdim=True) - x) ** 2).mean())]
+        named, empty = (float(((predict_clean(pipe, zt, t, c) - z0) ** 2).mean())
+                        for c in (pipe.text.encode([meta["concepts"][cid]["name"]]), pipe._empty))
+        sums += [named, empty, float(((z0.mean(0, keepdim=True) - z0) ** 2).mean())]
         count += 1
     m = sums / max(count, 1)
     return {"t": t, "concepts": count, "model_named": m[0], "model_empty_prompt": m[1], "concept_mean": m[2]}
@@ -354,8 +357,7 @@ def reconstruction_sheet(weights_dir: str | Path, data_dir: str | Path, out_png:
     mean squared error per timestep (model space, [-1, 1])."""
     from PIL import Image
 
-    from canvasd.backends.emoji.model import (clean_prediction, from_latent, model_to_rgba_uint8,
-                                              rgba_uint8_to_model, to_latent)
+    from canvasd.backends.emoji.model import from_latent, model_to_rgba_uint8
     from canvasd.training.train import make_noise_scheduler
 
     pipe = EmojiBackend("canvasd-emoji", str(weights_dir)).pipe  # loads the model
@@ -368,7 +370,6 @@ def reconstruction_sheet(weights_dir: str | Path, data_dir: str | Path, out_png:
     names = [meta["concepts"][int(c)]["name"] for c in arrays["concept"][idx]]
     cond = pipe.text.encode(names)
     noise_sched = make_noise_scheduler(m)  # the training schedule: the same noising as training
-    alpha_bar = noise_sched.alphas_cumprod.float()
     gen = torch.Generator().manual_seed(seed)
     images, labels, errors = [], [], {t: [] for t in timesteps}
     for i in range(count):
@@ -377,10 +378,7 @@ def reconstruction_sheet(weights_dir: str | Path, data_dir: str | Path, out_png:
         for t in timesteps:
             noise = torch.randn(z0[i : i + 1].shape, generator=gen)
             zt = noise_sched.add_noise(z0[i : i + 1], noise, torch.tensor([t]))
-            with torch.inference_mode():
-                out = pipe.unet(zt, torch.tensor([t]), encoder_hidden_states=cond.tokens[i : i + 1],
-                                encoder_attention_mask=cond.mask[i : i + 1], class_labels=cond.pooled[i : i + 1]).sample
-            pred = clean_prediction(out, zt, alpha_bar[t], m.prediction_type)
+            pred = predict_clean(pipe, zt, t, cond[i : i + 1])
             errors[t].append(float(((pred - z0[i : i + 1]) ** 2).mean()))
             images.append(Image.fromarray(model_to_rgba_uint8(from_latent(pred, m.patch))[0]))
             labels.append(f"t={t} mse {errors[t][-1]:.3f}")

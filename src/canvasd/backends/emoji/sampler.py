@@ -178,15 +178,15 @@ class EmojiPipeline:
             if job.mask is not None:
                 keep_np = load_keep_mask(job.mask, size)
                 keep = torch.from_numpy(keep_np.astype(np.float32))[None, None]
+        # img2img keeps the uniform grid: `strength` then starts at the noise level it always meant
+        # (0.6 -> t ~ 600); on the shifted grid 0.6 of the steps would start at t ~ 830, where little
+        # of the input survives. Shapes are the input's, not decided at high noise.
+        from_noise = init is None or strength >= 1.0
+        shift = self.timestep_shift if from_noise else 1.0
         samples = []
         for i in range(job.n):
             gen = torch.Generator().manual_seed(int(job.seed) + i)
             sched = copy.deepcopy(self._sched)
-            # img2img keeps the uniform grid: `strength` then starts at the noise level it always
-            # meant (0.6 -> t ~ 600); on the shifted grid 0.6 of the steps would start at t ~ 830,
-            # where little of the input survives. Shapes are the input's, not decided at high noise.
-            from_noise = init is None or strength >= 1.0
-            shift = self.timestep_shift if from_noise else 1.0
             set_sampler_timesteps(sched, max(1, int(job.steps)), shift)
             timesteps = sched.timesteps
             shape = (1, self.mcfg.latent_channels, self.mcfg.latent_size, self.mcfg.latent_size)
