@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 
 from canvasd.backends.emoji.backend import EmojiBackend, EmojiWeightsMissing  # noqa: E402
 from canvasd.engine.jobs import Job  # noqa: E402
-from canvasd.training.train import TrainConfig, export, train  # noqa: E402
+from canvasd.training.train import TrainConfig, export, main, train  # noqa: E402
 from canvasd.training.trainset import make_synthetic_dataset  # noqa: E402
 
 
@@ -349,10 +349,13 @@ def test_shifted_training_timesteps_reach_the_recipe_and_the_sampler(trained, ba
     root, _, _ = trained
     cfg = TrainConfig.tiny(name="shifted", data_dir=str(root / "data"), runs_dir=str(root / "runs"),
                            max_steps=1, timestep_shift=3.0)
-    train(cfg, export_to=root / "w-shifted", progress_bar=False)
+    train(cfg, export_to=root / "w-shifted", progress_bar=False, guidance_min_timestep=700)
     config = json.loads((root / "w-shifted" / "config.json").read_text())
     assert config["training"]["recipe"]["timestep_shift"] == 3.0
     assert config["sampling"]["timestep_shift"] == 3.0  # the sampler follows the recipe
+    assert config["sampling"]["guidance_min_timestep"] == 700  # the export setting, not the code default
+    main(["--export", str(cfg.run_dir / "ckpt.pt"), "--to", str(root / "w-cli"), "--guidance-min-timestep", "650"])
+    assert json.loads((root / "w-cli" / "config.json").read_text())["sampling"]["guidance_min_timestep"] == 650
     b = EmojiBackend("canvasd-emoji", str(root / "w-shifted"), precision="fp32")
     b.load()
     ours, plain = b.start(_job(steps=14))[0], backend.start(_job(steps=14))[0]

@@ -223,8 +223,11 @@ def plot_losses(csv_path: Path, png_path: Path) -> None:
     plt.close(fig)
 
 
-def export(ckpt_path: str | Path, weights_dir: str | Path, use_ema: bool = True) -> Path:
-    """Write fp16 safetensors + config.json (architecture, scheduler, text encoder, recipe)."""
+def export(ckpt_path: str | Path, weights_dir: str | Path, use_ema: bool = True,
+           guidance_min_timestep: int | None = None) -> Path:
+    """Write fp16 safetensors + config.json (architecture, scheduler, text encoder, recipe).
+    `guidance_min_timestep` is the sampler's guidance interval (default: the code default, 0); it is
+    chosen by looking at samples after training, so it is an export setting, not a recipe field."""
     from safetensors.torch import save_file
 
     from canvasd.backends.emoji.defaults import DEFAULT_GUIDANCE, GUIDANCE_MIN_TIMESTEP, QUALITY_STEPS, ROW_MULTIPLE, SOLVER
@@ -245,7 +248,7 @@ def export(ckpt_path: str | Path, weights_dir: str | Path, use_ema: bool = True)
                          "max_tokens": mcfg.max_tokens, "pooled": "mean, L2-normalised"},
         "sampling": {"quality_steps": QUALITY_STEPS, "default_guidance": DEFAULT_GUIDANCE, "row_multiple": ROW_MULTIPLE,
                      "solver": SOLVER, "timestep_shift": float(cfg.get("timestep_shift", 1.0)),
-                     "guidance_min_timestep": GUIDANCE_MIN_TIMESTEP},
+                     "guidance_min_timestep": GUIDANCE_MIN_TIMESTEP if guidance_min_timestep is None else int(guidance_min_timestep)},
         "training": {
             "recipe": {k: v for k, v in cfg.items() if k != "model"},
             "step": ck["step"],
@@ -280,7 +283,8 @@ def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
     return cfg.lr * warm * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * cos)
 
 
-def train(cfg: TrainConfig, export_to: str | Path | None = None, progress_bar: bool = True) -> dict:
+def train(cfg: TrainConfig, export_to: str | Path | None = None, progress_bar: bool = True,
+          guidance_min_timestep: int | None = None) -> dict:
     """Train (or resume) `cfg.name`; returns a summary. Stops at max_steps or the time budget."""
     from tqdm import tqdm
 
@@ -440,7 +444,7 @@ def train(cfg: TrainConfig, export_to: str | Path | None = None, progress_bar: b
     with csv_path.open("a", newline="") as f:
         csv.writer(f).writerows(log_rows)
     checkpoint()
-    weights = export(ckpt_path, export_to or run_dir / "weights")
+    weights = export(ckpt_path, export_to or run_dir / "weights", guidance_min_timestep=guidance_min_timestep)
     summary = {"step": step, "loss_ema": loss_ema, "train_minutes": train_seconds / 60, "weights": str(weights)}
     print(json.dumps(summary), flush=True)
     return summary
@@ -480,9 +484,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--export-to", help="weights folder written at the end (default runs/<name>/weights)")
     p.add_argument("--export", metavar="CKPT", help="only export CKPT's EMA weights to --to")
     p.add_argument("--to", help="with --export: the weights folder")
+    p.add_argument("--guidance-min-timestep", type=int,
+                   help="exported sampling.guidance_min_timestep: classifier-free guidance only at timesteps >= this "
+                        "(default 0: every step)")
     a = p.parse_args(argv)
     if a.export:
-        print(export(a.export, a.to or PACKAGED_WEIGHTS))
+        print(export(a.export, a.to or PACKAGED_WEIGHTS, guidance_min_timestep=a.guidance_min_timestep))
         return
     kw = dict(
         name=a.name, data_dir=a.data_dir, data_name=a.data_name, runs_dir=a.runs_dir, max_minutes=a.max_minutes,
@@ -492,7 +499,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     cfg = TrainConfig.tiny(**kw) if a.tiny else TrainConfig(**kw)
     cfg.model.prediction_type = a.prediction_type
-    train(cfg, export_to=a.export_to)
+    train(cfg, export_to=a.export_to, guidance_min_timestep=a.guidance_min_timestep)
 
 
 if __name__ == "__main__":
