@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from canvasd.backends.emoji.model import (
     ModelConfig, TextCond, build_unet, rgba_uint8_to_model, shift_timesteps, to_latent,
 )
+from canvasd.backends.emoji.defaults import DEFAULT_GUIDANCE, GUIDANCE_MIN_TIMESTEP, QUALITY_STEPS, ROW_MULTIPLE, SOLVER
 from canvasd.backends.precision import cpu_has_fast_bf16
 from canvasd.training.trainset import EmojiData, load_training_data
 
@@ -224,13 +225,11 @@ def plot_losses(csv_path: Path, png_path: Path) -> None:
 
 
 def export(ckpt_path: str | Path, weights_dir: str | Path, use_ema: bool = True,
-           guidance_min_timestep: int | None = None) -> Path:
+           guidance_min_timestep: int = GUIDANCE_MIN_TIMESTEP) -> Path:
     """Write fp16 safetensors + config.json (architecture, scheduler, text encoder, recipe).
-    `guidance_min_timestep` is the sampler's guidance interval (default: the code default, 0); it is
-    chosen by looking at samples after training, so it is an export setting, not a recipe field."""
+    `guidance_min_timestep` is the sampler's guidance interval; it is chosen by looking at samples
+    after training, so it is an export setting, not a recipe field."""
     from safetensors.torch import save_file
-
-    from canvasd.backends.emoji.defaults import DEFAULT_GUIDANCE, GUIDANCE_MIN_TIMESTEP, QUALITY_STEPS, ROW_MULTIPLE, SOLVER
 
     ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     sd = ck["ema" if use_ema else "model"]
@@ -248,7 +247,7 @@ def export(ckpt_path: str | Path, weights_dir: str | Path, use_ema: bool = True,
                          "max_tokens": mcfg.max_tokens, "pooled": "mean, L2-normalised"},
         "sampling": {"quality_steps": QUALITY_STEPS, "default_guidance": DEFAULT_GUIDANCE, "row_multiple": ROW_MULTIPLE,
                      "solver": SOLVER, "timestep_shift": float(cfg.get("timestep_shift", 1.0)),
-                     "guidance_min_timestep": GUIDANCE_MIN_TIMESTEP if guidance_min_timestep is None else int(guidance_min_timestep)},
+                     "guidance_min_timestep": int(guidance_min_timestep)},
         "training": {
             "recipe": {k: v for k, v in cfg.items() if k != "model"},
             "step": ck["step"],
@@ -284,7 +283,7 @@ def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
 
 
 def train(cfg: TrainConfig, export_to: str | Path | None = None, progress_bar: bool = True,
-          guidance_min_timestep: int | None = None) -> dict:
+          guidance_min_timestep: int = GUIDANCE_MIN_TIMESTEP) -> dict:
     """Train (or resume) `cfg.name`; returns a summary. Stops at max_steps or the time budget."""
     from tqdm import tqdm
 
@@ -484,9 +483,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--export-to", help="weights folder written at the end (default runs/<name>/weights)")
     p.add_argument("--export", metavar="CKPT", help="only export CKPT's EMA weights to --to")
     p.add_argument("--to", help="with --export: the weights folder")
-    p.add_argument("--guidance-min-timestep", type=int,
+    p.add_argument("--guidance-min-timestep", type=int, default=GUIDANCE_MIN_TIMESTEP,
                    help="exported sampling.guidance_min_timestep: classifier-free guidance only at timesteps >= this "
-                        "(default 0: every step)")
+                        f"(default {GUIDANCE_MIN_TIMESTEP}: every step)")
     a = p.parse_args(argv)
     if a.export:
         print(export(a.export, a.to or PACKAGED_WEIGHTS, guidance_min_timestep=a.guidance_min_timestep))
