@@ -207,6 +207,33 @@ def test_evaluate_writes_report_and_sheet(trained, tmp_path):
     assert "from pure noise" in (tmp_path / "eval.md").read_text()
 
 
+def test_seed_probe_counts_nearest_concepts_per_seed(trained, tmp_path, capsys):
+    from canvasd.training.eval import main as eval_main
+    from canvasd.training.eval import parse_probe, seed_probe
+
+    root, _, _ = trained
+    assert parse_probe("green apple=green apple|pear") == ("green apple", ["green apple", "pear"])
+    assert parse_probe("shape_2") == ("shape_2", ["shape_2"])
+    r = seed_probe(root / "weights", root / "data", tmp_path / "probe.png", seeds=3, quality="low",
+                   prompts=[("a round disc", ["shape_0", "no such concept"]), ("shape_1", ["SHAPE_1"])])
+    assert [p["prompt"] for p in r["prompts"]] == ["a round disc", "shape_1"] and r["seeds"] == 3
+    names = {f"shape_{i}" for i in range(4)}
+    for p in r["prompts"]:
+        assert len(p["nearest"]) == 3 and set(p["nearest"]) <= names
+        assert 0 <= p["top1"] <= p["top5"] <= 3
+    # the top-1 count is exactly the seeds whose nearest concept is accepted (names match case-blind)
+    assert r["prompts"][0]["top1"] == r["prompts"][0]["nearest"].count("shape_0")
+    assert r["prompts"][1]["top1"] == r["prompts"][1]["nearest"].count("shape_1")
+    assert r["prompts"][0]["missing_names"] == ["no such concept"] and r["prompts"][1]["missing_names"] == []
+    with Image.open(tmp_path / "probe.png") as sheet:  # 2 rows of 3 cells
+        assert sheet.format == "PNG" and sheet.width > 3 * 128 and sheet.height > 2 * 128
+    # the same seeds again through the CLI: same nearest concepts (seeded)
+    eval_main(["--weights", str(root / "weights"), "--data", str(root / "data"), "--quality", "low",
+               "--probe-sheet", str(tmp_path / "cli.png"), "--probe-seeds", "3", "--probe", "a round disc=shape_0"])
+    out = json.loads(capsys.readouterr().out)
+    assert out["prompts"][0]["nearest"] == r["prompts"][0]["nearest"] and (tmp_path / "cli.png").exists()
+
+
 def test_reconstruction_sheet_reports_error_per_noise_level(trained, tmp_path):
     from canvasd.training.eval import reconstruction_sheet
 

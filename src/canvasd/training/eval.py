@@ -108,6 +108,12 @@ def concept_ranks(query: np.ndarray, bank: np.ndarray, bank_concept: np.ndarray,
     return out
 
 
+def training_bank(arrays: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Features and concept ids of the training split: what generated images are looked up in."""
+    train = arrays["split"] == 0
+    return features(arrays["images"][train]), arrays["concept"][train].astype(np.int64)
+
+
 def mean_pairwise(f: np.ndarray) -> float:
     d = torch.cdist(torch.from_numpy(f), torch.from_numpy(f)).numpy()
     n = len(f)
@@ -216,8 +222,7 @@ def evaluate(
     g = caps.default_guidance if guidance is None else guidance
     arrays, meta = load_arrays(data_dir, data_name)
     train = arrays["split"] == 0
-    bank = features(arrays["images"][train])
-    bank_concept = arrays["concept"][train].astype(np.int64)
+    bank, bank_concept = training_bank(arrays)
     bank_style = arrays["style"][train].astype(np.int64)
     name_to_id = {c["name"].lower(): i for i, c in enumerate(meta["concepts"])}
     report: dict = {"weights": str(weights_dir), "quality": quality, "steps": steps, "guidance": g,
@@ -345,6 +350,59 @@ def sheet_only(weights_dir: str | Path, out_png: str | Path, quality: str = "med
     return Path(out_png)
 
 
+# (prompt, accepted nearest concepts): the issue's own example and two neighbours it is confused with.
+# A green apple's nearest concept may be "pear": at 64 px in this feature space they are one shape.
+APPLE_PROBE: list[tuple[str, list[str]]] = [
+    ("red apple", ["red apple"]),
+    ("a crimson apple", ["red apple"]),
+    ("green apple", ["green apple", "pear"]),
+]
+
+
+def seed_probe(weights_dir: str | Path, data_dir: str | Path, out_png: str | Path, data_name: str = "emoji64",
+               prompts: list[tuple[str, list[str]]] | None = None, seeds: int = 16, quality: str = "medium",
+               guidance: float | None = None) -> dict:
+    """Seeds 0..seeds-1 of a few prompts, each image labelled with its nearest training concept in
+    `features` space: how often one prompt gives its concept, seed after seed (what a user of
+    `images.generate(prompt="red apple")` meets), where `evaluate` looks at many prompts once each.
+    Writes a sheet (one row of `seeds` images per prompt) and returns the counts."""
+    from PIL import Image
+
+    backend = EmojiBackend("canvasd-emoji", str(weights_dir))
+    backend.load()
+    steps = backend.capabilities.quality_steps[quality]
+    g = backend.capabilities.default_guidance if guidance is None else guidance
+    arrays, meta = load_arrays(data_dir, data_name)
+    bank, bank_concept = training_bank(arrays)
+    names = [c["name"] for c in meta["concepts"]]
+    name_to_id = {n.lower(): i for i, n in enumerate(names)}
+    prompts = APPLE_PROBE if prompts is None else prompts
+    jobs = [Job(kind="generate", model=backend.id, prompt=p, n=seeds, steps=steps, seed=0, guidance_scale=g)
+            for p, _ in prompts]
+    report: dict = {"weights": str(weights_dir), "quality": quality, "steps": steps, "guidance": g, "seeds": seeds,
+                    "prompts": []}
+    sheet, labels = [], []
+    for (prompt, accept), imgs in zip(prompts, generate_many(backend, jobs)):
+        ranks = concept_ranks(features(np.stack(imgs)), bank, bank_concept)
+        ok = [name_to_id[a.lower()] for a in accept if a.lower() in name_to_id]
+        nearest = [names[int(c)] for c in ranks[:, 0]]
+        report["prompts"].append({
+            "prompt": prompt, "accept": accept, "missing_names": [a for a in accept if a.lower() not in name_to_id],
+            "top1": int(np.isin(ranks[:, 0], ok).sum()), "top5": int(sum(np.isin(row, ok).any() for row in ranks)),
+            "nearest": nearest,
+        })
+        sheet += [Image.fromarray(i, "RGBA") for i in imgs]
+        labels += [f"{prompt} s{s}: {n}" for s, n in enumerate(nearest)]
+    contact_sheet(sheet, labels, cols=min(seeds, 8)).save(out_png)
+    return report
+
+
+def parse_probe(spec: str) -> tuple[str, list[str]]:
+    """`PROMPT=NAME|NAME` (accepted nearest concepts); a bare `PROMPT` accepts the prompt as a name."""
+    prompt, _, accept = spec.partition("=")
+    return prompt.strip(), [a.strip() for a in (accept or prompt).split("|") if a.strip()]
+
+
 RECON_TIMESTEPS = (50, 200, 400, 600, 800, 950, 999)
 
 
@@ -400,8 +458,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sheet-only", metavar="PNG", help="only write a contact sheet of the paraphrase prompts")
     ap.add_argument("--recon-sheet", metavar="PNG",
                     help="only write clean-image predictions of noised training images (a denoising check)")
+    ap.add_argument("--probe-sheet", metavar="PNG",
+                    help="only generate seeds 0..N-1 of the probe prompts and count each image's nearest concept")
+    ap.add_argument("--probe", action="append", metavar="PROMPT=NAME|NAME",
+                    help="a probe prompt and the concepts accepted as its nearest (repeatable; default: the apples)")
+    ap.add_argument("--probe-seeds", type=int, default=16)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
+    if a.probe_sheet:
+        prompts = [parse_probe(p) for p in a.probe] if a.probe else None
+        r = seed_probe(a.weights, a.data, a.probe_sheet, a.data_name, prompts, a.probe_seeds, a.quality, a.guidance)
+        print(json.dumps(r, indent=2))
+        return
     if a.recon_sheet:
         mse = reconstruction_sheet(a.weights, a.data, a.recon_sheet, a.data_name)
         print(json.dumps({"sheet": a.recon_sheet, "mse_by_timestep": mse}))
