@@ -464,6 +464,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="a probe prompt and the concepts accepted as its nearest (repeatable; default: the apples)")
     ap.add_argument("--probe-seeds", type=int, default=16)
     a = ap.parse_args(argv)
+    if a.probe and not a.probe_sheet:
+        ap.error("--probe needs --probe-sheet")
     torch.set_num_threads(a.threads)
     if a.probe_sheet:
         prompts = [parse_probe(p) for p in a.probe] if a.probe else None
