@@ -123,6 +123,14 @@ def mean_pairwise(f: np.ndarray) -> float:
 # ---- generation --------------------------------------------------------------------------------
 
 
+def load_for_sampling(weights_dir: str | Path, quality: str, guidance: float | None) -> tuple[EmojiBackend, int, float]:
+    """The loaded backend, the step count of `quality` and the guidance (the weights' default if None)."""
+    backend = EmojiBackend("canvasd-emoji", str(weights_dir))
+    backend.load()
+    caps = backend.capabilities
+    return backend, caps.quality_steps[quality], caps.default_guidance if guidance is None else guidance
+
+
 def generate_many(backend: EmojiBackend, jobs: list[Job], max_batch: int = 16) -> list[list[np.ndarray]]:
     """Run jobs with step-level batching (samples of several jobs share each UNet call)."""
     results: list[list[np.ndarray]] = [[] for _ in jobs]
@@ -215,11 +223,7 @@ def evaluate(
 ) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    backend = EmojiBackend("canvasd-emoji", str(weights_dir))
-    backend.load()
-    caps = backend.capabilities
-    steps = caps.quality_steps[quality]
-    g = caps.default_guidance if guidance is None else guidance
+    backend, steps, g = load_for_sampling(weights_dir, quality, guidance)
     arrays, meta = load_arrays(data_dir, data_name)
     train = arrays["split"] == 0
     bank, bank_concept = training_bank(arrays)
@@ -339,10 +343,7 @@ def sheet_only(weights_dir: str | Path, out_png: str | Path, quality: str = "med
     """Quick look at a checkpoint: one image per paraphrase prompt (plus a few plain names)."""
     from PIL import Image
 
-    backend = EmojiBackend("canvasd-emoji", str(weights_dir))
-    backend.load()
-    steps = backend.capabilities.quality_steps[quality]
-    g = backend.capabilities.default_guidance if guidance is None else guidance
+    backend, steps, g = load_for_sampling(weights_dir, quality, guidance)
     prompts = ["red apple", "cat face", "grinning face", "rocket"] + [p for p, _ in PARAPHRASES]
     jobs = [Job(kind="generate", model=backend.id, prompt=p, steps=steps, seed=seed, guidance_scale=g) for p in prompts]
     imgs = [Image.fromarray(r[0], "RGBA") for r in generate_many(backend, jobs)]
@@ -368,10 +369,7 @@ def seed_probe(weights_dir: str | Path, data_dir: str | Path, out_png: str | Pat
     Writes a sheet (one row of `seeds` images per prompt) and returns the counts."""
     from PIL import Image
 
-    backend = EmojiBackend("canvasd-emoji", str(weights_dir))
-    backend.load()
-    steps = backend.capabilities.quality_steps[quality]
-    g = backend.capabilities.default_guidance if guidance is None else guidance
+    backend, steps, g = load_for_sampling(weights_dir, quality, guidance)
     arrays, meta = load_arrays(data_dir, data_name)
     bank, bank_concept = training_bank(arrays)
     names = [c["name"] for c in meta["concepts"]]
