@@ -92,3 +92,23 @@ def test_levels_interleave_across_scenarios_and_rounds_pool(tmp_path, monkeypatc
     for r in results:  # two rounds of two requests each, pooled into one result
         assert r["requests"] == 4 and r["images"] == 4 and r["errors"] == 0, r["first_error"]
     assert {row["concurrency"] for row in report["ratios"]} == {1, 2}
+
+
+def test_server_process_stops_gracefully_not_by_signal(tmp_path):
+    """The HTTP scenarios' child server is stopped over its pipe and exits 0. A SIGTERM stop made
+    uvicorn re-raise the signal after shutdown (exit -15), which skipped the finalizers that unlink
+    the child's named semaphores: the resource tracker then warned of a leak at every bench exit."""
+    import asyncio
+
+    from canvasd.bench import ServerProcess, model_spec, scenario_settings, wait_ready
+
+    cfg = BenchConfig(model="fake")
+    spec = model_spec("fake")
+    server = ServerProcess(scenario_settings(cfg, spec, True, str(tmp_path)), spec, cfg.app_factory)
+    server.start(timeout_s=60)
+    try:
+        asyncio.run(wait_ready(server, timeout_s=60))
+        assert server.proc.is_alive()
+    finally:
+        server.stop()
+    assert server.proc.exitcode == 0

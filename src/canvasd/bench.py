@@ -445,9 +445,15 @@ def _create_app(settings: Settings, spec: ModelSpec, factory: str):
     raise RuntimeError("create_app accepts neither backends= nor registry=: cannot serve the fake")
 
 
-def _serve_child(settings: Settings, spec: ModelSpec, factory: str, port_conn) -> None:  # pragma: no cover
-    """Child process: bind a free loopback port, report it, serve until SIGTERM."""
+def _serve_child(settings: Settings, spec: ModelSpec, factory: str, conn) -> None:  # pragma: no cover
+    """Child process: bind a free loopback port, report it, serve until the parent says stop.
+
+    Stopping over the pipe rather than by SIGTERM lets the process exit normally: uvicorn re-raises
+    a caught SIGTERM after shutdown, which kills the process before multiprocessing's finalizers
+    unlink the named semaphores a spawned child creates (tqdm's lock, via transformers), and the
+    resource tracker then warns about them leaking."""
     import logging
+    import threading
 
     import uvicorn
 
@@ -455,20 +461,28 @@ def _serve_child(settings: Settings, spec: ModelSpec, factory: str, port_conn) -
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((LOOPBACK, 0))
-    port_conn.send(sock.getsockname()[1])
-    port_conn.close()
+    conn.send(sock.getsockname()[1])
     app = _create_app(settings, spec, factory)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
                                            timeout_graceful_shutdown=30))
+
+    def wait_for_stop() -> None:
+        try:
+            conn.recv()
+        except (EOFError, OSError):  # the parent went away: stop too
+            pass
+        server.should_exit = True
+
+    threading.Thread(target=wait_for_stop, name="bench-stop", daemon=True).start()
     server.run(sockets=[sock])
 
 
 class ServerProcess:
-    """A canvasd server in a child process on 127.0.0.1 (stopped with SIGTERM, then joined)."""
+    """A canvasd server in a child process on 127.0.0.1 (stopped over a pipe, then joined)."""
 
     def __init__(self, settings: Settings, spec: ModelSpec, factory: str):
         ctx = mp.get_context("spawn")
-        self._port_conn, child_conn = ctx.Pipe(duplex=False)  # a pipe: no semaphores to leak
+        self._conn, child_conn = ctx.Pipe()  # port up, "stop" down; a pipe holds no semaphore
         self.proc = ctx.Process(target=_serve_child, args=(settings, spec, factory, child_conn),
                                 name="canvasd-bench-server", daemon=True)
         self.port = 0
@@ -479,18 +493,23 @@ class ServerProcess:
 
     def start(self, timeout_s: float) -> None:
         self.proc.start()
-        if not self._port_conn.poll(timeout_s):
+        if not self._conn.poll(timeout_s):
             raise TimeoutError("server process did not report its port")
-        self.port = self._port_conn.recv()
-        self._port_conn.close()
+        self.port = self._conn.recv()
 
     def stop(self) -> None:
+        """Graceful stop over the pipe (see _serve_child); SIGTERM, then SIGKILL, if that stalls."""
         if self.proc.is_alive():
-            self.proc.terminate()
+            with contextlib.suppress(OSError):
+                self._conn.send("stop")
             self.proc.join(timeout=45)
+        if self.proc.is_alive():  # pragma: no cover - did not shut down in time
+            self.proc.terminate()
+            self.proc.join(timeout=10)
         if self.proc.is_alive():  # pragma: no cover - did not shut down in time
             self.proc.kill()
             self.proc.join(timeout=5)
+        self._conn.close()
 
 
 async def wait_ready(server: ServerProcess, timeout_s: float) -> None:
