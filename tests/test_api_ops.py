@@ -222,6 +222,6 @@ def test_models_list_maps_aliases(server):
 
 
 def test_api_package_imports_no_torch():
-    code = ("import sys, canvasd.api.app, canvasd.api.rules, canvasd.api.uploads, canvasd.api.streaming; "
+    code = ("import sys, canvasd.api.app, canvasd.api.rules, canvasd.api.multipart, canvasd.api.images, canvasd.api.streaming; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)

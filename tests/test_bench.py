@@ -6,7 +6,9 @@ import json
 
 from PIL import Image
 
-from canvasd.bench import LevelResult, percentiles, ratios, request_plan, run_bench, BenchConfig
+from canvasd.bench import BenchConfig, run_bench
+from canvasd.bench.config import request_plan
+from canvasd.bench.report import LevelResult, percentiles, ratios
 
 
 def _level(scenario: str, c: int, ips: float, stream: bool = False) -> LevelResult:
@@ -70,7 +72,7 @@ def test_http_scenario_on_fake_through_the_real_app_and_openai_sdk(tmp_path):
 def test_levels_interleave_across_scenarios_and_rounds_pool(tmp_path, monkeypatch):
     """Every level runs in each scenario back to back (rotating order), `rounds` times, pooled:
     a ratio compares measurements taken seconds apart, not a whole scenario apart."""
-    import canvasd.bench as bench
+    from canvasd.bench import scenarios as bench
 
     calls: list[tuple[str, bool, int]] = []
     real = bench.run_level
@@ -100,7 +102,8 @@ def test_server_process_stops_gracefully_not_by_signal(tmp_path):
     the child's named semaphores: the resource tracker then warned of a leak at every bench exit."""
     import asyncio
 
-    from canvasd.bench import ServerProcess, model_spec, scenario_settings, wait_ready
+    from canvasd.bench.config import model_spec, scenario_settings
+    from canvasd.bench.scenarios import ServerProcess, wait_ready
 
     cfg = BenchConfig(model="fake")
     spec = model_spec("fake")

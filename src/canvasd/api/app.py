@@ -29,17 +29,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from canvasd import metrics
 from canvasd.api import errors as E
 from canvasd.api import rules
+from canvasd.api.images import load_form_images, load_json_images
+from canvasd.api.multipart import JSON_BODY_MAX, read_limited, read_multipart, total_body_limit
 from canvasd.api.protocol import ImageData, Usage, build_response, compute_usage
 from canvasd.api.render import Renderer, b64, count_tokens
 from canvasd.api.streaming import sse_response
-from canvasd.api.uploads import (
-    JSON_BODY_MAX,
-    load_form_images,
-    load_json_images,
-    read_limited,
-    read_multipart,
-    total_body_limit,
-)
 from canvasd.backends.base import Cancelled
 from canvasd.config import OPENAI_ALIASES, Settings
 from canvasd.engine.events import EngineError, JobTimeout, QueueFull, ShuttingDown
@@ -288,7 +282,8 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None, engine
                         "(set CANVASD_API_KEYS or --api-key)")
         if not registry.ready and registry.load_error is None:
             # A thread that ends after loading: a long-lived thread that ran torch work keeps its
-            # OpenMP team, which made the engine thread's steps ~1.7x slower here (see bench.py).
+            # OpenMP team, which made the engine thread's steps ~1.7x slower (see
+            # bench/scenarios.py, in_fresh_thread).
             threading.Thread(target=registry.load_all, name="canvasd-load", daemon=True).start()
         engine.start()
         store.start_sweeper(60)

@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal
 from canvasd.api import errors as E
 from canvasd.backends.base import Capabilities
 from canvasd.engine.jobs import Job
+from canvasd.media.inputs import fit_input, repaint_mask
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL.Image import Image
@@ -196,7 +197,7 @@ SIZE_RE = re.compile(r"^(\d{1,6})x(\d{1,6})$")
 
 @dataclass
 class InputImages:
-    """Decoded uploads (uploads.py): RGBA images, the first one is the edit target."""
+    """Decoded uploads (api/images.py): RGBA images, the first one is the edit target."""
 
     images: list["Image"] = field(default_factory=list)
     mask: "Image | None" = None  # RGBA as uploaded (alpha 0 = repaint)
@@ -500,8 +501,8 @@ def validate(
     if strength is None and fidelity == "high" and endpoint == "edits":
         strength = 0.5
 
-    init_images = [_fit(im, job_w, job_h) for im in inputs.images]
-    mask = _mask_for_job(inputs.mask, job_w, job_h) if inputs.mask is not None else None
+    init_images = [fit_input(im, job_w, job_h) for im in inputs.images]
+    mask = repaint_mask(inputs.mask, job_w, job_h) if inputs.mask is not None else None
 
     job = Job(
         kind={"generations": "generate", "edits": "edit", "variations": "variation"}[endpoint],
@@ -653,26 +654,3 @@ def _resolve_background(requested: str | None, output_format: str, prof: Profile
         return False
     return caps.alpha and output_format in ("png", "webp")
 
-
-def _fit(image: "Image", w: int, h: int) -> "Image":
-    from canvasd.media.resize import fit_image
-
-    if image.size == (w, h):
-        return image
-    return fit_image(image, w, h, sharpen_alpha=False)
-
-
-def _mask_for_job(mask: "Image", w: int, h: int) -> "Image":
-    """Uploaded RGBA mask (alpha 0 = edit) -> Job mask "L" (255 = repaint), fitted like the image;
-    letterbox padding is 'keep'."""
-    from PIL import Image as PILImage
-
-    alpha = mask.getchannel("A")
-    repaint = alpha.point(lambda a: 255 if a == 0 else 0)
-    if repaint.size == (w, h):
-        return repaint
-    carrier = PILImage.merge("RGBA", (repaint, repaint, repaint, PILImage.new("L", repaint.size, 255)))
-    fitted = _fit(carrier, w, h)
-    # padding is transparent (alpha 0) -> keep; inside, the (resampled) red channel is the mask
-    r, _, _, a = fitted.split()
-    return PILImage.composite(r.point(lambda v: 255 if v >= 128 else 0), PILImage.new("L", (w, h), 0), a)

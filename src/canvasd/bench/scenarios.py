@@ -1,201 +1,33 @@
-"""`canvasd bench`: throughput and latency of canvasd, side by side, in one invocation.
-
-Scenarios, all on the same model and the same request plan:
-  engine       (a) canvasd without HTTP, in this process: each request body is validated by the
-                   API's rules into a job for an `Engine`, and its images are fitted and encoded
-                   by the API's renderer - the same bytes (b) sends, minus HTTP/JSON/base64.
-  http         (b) canvasd over HTTP: a real uvicorn on 127.0.0.1 serving `create_app`, called
-                   with the official `openai` SDK (AsyncOpenAI), step-level batching on.
-  http-serial  (c) the same with batching off: one job at a time, the peers' design.
-
-Each scenario runs every concurrency level (closed loop: C clients, each sending its next request
-when the previous one answers), non-streamed and/or streamed (with partial images). All scenarios
-are started first and stay up; each level then runs in every scenario back to back, the order
-rotating from level to level and round to round (`rounds`), so a ratio compares measurements taken
-within seconds of each other rather than minutes apart on a machine whose speed drifts. Reported per
-level: images/s, latency p50/p95/p99, time to first partial image (streamed), peak RSS of the
-serving process, mean samples per denoising step. Output: a JSON file, a PNG plot, the ratios
-(b)/(a) and (b)/(c) per concurrency, and a markdown table for the README.
-
-Bounded by construction: requests go only to 127.0.0.1; each level sends a fixed number of
-requests and stops early at `level_timeout_s`; every server process is stopped and joined.
-
-`model="fake"` benchmarks the harness itself with `FakeBackend` (sleep-simulated step cost:
-no model, numbers are not canvasd's performance).
-"""
+"""The scenarios a bench run compares, each started once and then sent level after level of
+requests: (a) the engine in this process, (b)/(c) a canvasd server in a child process called with
+the official SDK (see the package docstring)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import math
 import multiprocessing as mp
 import os
-import platform
 import socket
-import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Any, AsyncIterator, Awaitable, Callable
 
-from canvasd.config import EMBEDDED_MODEL_ID, ModelSpec, Settings
-
-SCENARIOS = ("engine", "http", "http-serial")
-SCENARIO_LABELS = {
-    "engine": "(a) engine, no HTTP",
-    "http": "(b) HTTP, batching",
-    "http-serial": "(c) HTTP, serial",
-}
-PROMPTS = (
-    "a red apple", "a smiling cat face", "a blue car", "a slice of pizza", "a rocket",
-    "a green frog", "a yellow star", "a birthday cake", "a sleeping dog", "a sunflower",
+from canvasd.bench.config import (
+    BENCH_KEY,
+    LOOPBACK,
+    BenchConfig,
+    RequestSpec,
+    build_backends,
+    request_body,
+    request_plan,
+    scenario_settings,
 )
-MIXED_SIZES = ("1024x1024", "1536x1024", "1024x1536")
-MIXED_QUALITIES = ("low", "medium", "high")
-FAKE_MODEL = "fake"
-LOOPBACK = "127.0.0.1"
-BENCH_KEY = "canvasd-bench-key"  # the servers the bench starts accept only this key
+from canvasd.bench.report import LevelResult, percentiles
+from canvasd.config import ModelSpec, Settings
 
-
-@dataclass
-class BenchConfig:
-    model: str | None = None  # None: the embedded model; "name=/path": a local folder; "fake"
-    scenarios: tuple[str, ...] = SCENARIOS
-    concurrency: tuple[int, ...] = (1, 2, 4, 8, 16)
-    requests: int | None = None  # per level and round; None: max(8, 3 x concurrency)
-    rounds: int = 1  # times each level is measured per scenario (interleaved), pooled
-    stream: str = "both"  # off | on | both
-    partial_images: int = 2  # streamed runs
-    size: str = "1024x1024"
-    quality: str = "low"
-    mixed: bool = False  # cycle sizes x qualities instead of one size/quality
-    client_model: str = "gpt-image-1"  # the `model` the SDK sends (an alias of the bench model)
-    max_batch: int | None = None  # None: Settings' default
-    threads: int | None = None  # torch threads; None: all cores
-    precision: str = "auto"  # the denoiser's: auto | fp32 | bf16 (Settings.precision)
-    level_timeout_s: float = 300.0  # a level stops sending after this long
-    ready_timeout_s: float = 600.0  # server start + model load
-    app_factory: str = "canvasd.api.app:create_app"  # module:function(settings, ...) -> ASGI app
-    out_dir: Path = Path("benchmarks/results")
-    quick: bool = False  # concurrency 1,4 and max(4, 2 x concurrency) requests per level
-    progress: bool = True
-
-    def effective(self) -> "BenchConfig":
-        cfg = self
-        if cfg.quick:
-            cfg = replace(cfg, concurrency=(1, 4))
-        unknown = set(cfg.scenarios) - set(SCENARIOS)
-        if unknown:
-            raise ValueError(f"unknown scenarios {sorted(unknown)}; choose from {SCENARIOS}")
-        if cfg.stream not in ("off", "on", "both"):
-            raise ValueError("stream must be off, on or both")
-        if cfg.rounds < 1:
-            raise ValueError("rounds must be at least 1")
-        return cfg
-
-    def requests_at(self, c: int) -> int:
-        if self.requests:
-            base = self.requests
-        else:
-            base = max(4, 2 * c) if self.quick else max(8, 3 * c)
-        return max(base, c)  # every client sends at least one request
-
-    def stream_modes(self) -> list[bool]:
-        return {"off": [False], "on": [True], "both": [False, True]}[self.stream]
-
-
-@dataclass
-class RequestSpec:
-    index: int
-    prompt: str
-    size: str
-    quality: str
-    seed: int
-
-
-@dataclass
-class LevelResult:
-    scenario: str
-    stream: bool
-    concurrency: int
-    requests: int
-    ok: int
-    errors: int
-    images: int
-    wall_s: float
-    images_per_s: float
-    latency_s: dict[str, float | None]
-    ttfp_s: dict[str, float | None] | None
-    peak_rss_mb: float | None
-    mean_batch: float | None
-    first_error: str | None = None
-
-
-# ---------------------------------------------------------------------------- request plan ---
-def request_plan(cfg: BenchConfig, count: int) -> list[RequestSpec]:
-    plan = []
-    for i in range(count):
-        if cfg.mixed:
-            size, quality = MIXED_SIZES[i % 3], MIXED_QUALITIES[(i // 3) % 3]
-        else:
-            size, quality = cfg.size, cfg.quality
-        plan.append(RequestSpec(i, PROMPTS[i % len(PROMPTS)], size, quality, seed=1000 + i))
-    return plan
-
-
-def percentiles(values: list[float]) -> dict[str, float | None]:
-    if not values:
-        return {"p50": None, "p95": None, "p99": None, "mean": None}
-    xs = sorted(values)
-
-    def q(p: float) -> float:  # linear interpolation between closest ranks
-        pos = (len(xs) - 1) * p
-        lo, hi = math.floor(pos), math.ceil(pos)
-        return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
-
-    return {"p50": q(0.50), "p95": q(0.95), "p99": q(0.99), "mean": sum(xs) / len(xs)}
-
-
-# ---------------------------------------------------------------------------- models ---------
-def model_spec(model: str | None) -> ModelSpec:
-    if model in (None, ""):
-        return ModelSpec(id=EMBEDDED_MODEL_ID, backend="emoji")
-    if model == FAKE_MODEL:
-        return ModelSpec(id=FAKE_MODEL, backend="fake")  # type: ignore[arg-type] - bench only
-    from canvasd.cli import parse_model_arg
-
-    return parse_model_arg(model)
-
-
-def fake_backend():
-    """CPU-like cost shape (measured for small UNets: ~15 ms at batch 1, ~40 ms at batch 8)."""
-    from canvasd.backends.fake import FakeBackend
-
-    return FakeBackend(FAKE_MODEL, step_s=0.012, per_sample_s=0.0035)
-
-
-def build_backends(spec: ModelSpec, precision: str = "auto") -> dict[str, Any]:
-    if spec.backend == "fake":
-        return {spec.id: fake_backend()}
-    from canvasd.registry import build_backend
-
-    return {spec.id: build_backend(spec, precision)}
-
-
-def scenario_settings(cfg: BenchConfig, spec: ModelSpec, batching: bool, image_dir: str) -> Settings:
-    max_c = max(cfg.concurrency)
-    s = Settings(models=[spec], batching=batching, torch_threads=cfg.threads, precision=cfg.precision,
-                 max_queue=max(64, 4 * max_c), image_dir=Path(image_dir), api_keys=[BENCH_KEY])
-    if cfg.max_batch:
-        s.max_batch = cfg.max_batch
-    return s
-
-
-# ---------------------------------------------------------------------------- measuring ------
 class RssSampler:
     """Peak resident memory of one process, sampled every 50 ms on a background thread."""
 
@@ -308,16 +140,6 @@ async def run_level(
         into.batch_count += after[1] - before[1]
 
 
-# ---------------------------------------------------------------------------- (a) engine -----
-def request_body(spec: RequestSpec, cfg: BenchConfig, stream: bool) -> dict[str, Any]:
-    """The JSON body the SDK sends for this request (the same in every scenario)."""
-    body: dict[str, Any] = dict(model=cfg.client_model, prompt=spec.prompt, size=spec.size,
-                                quality=spec.quality, n=1)
-    if stream:
-        body.update(stream=True, partial_images=cfg.partial_images)
-    return body
-
-
 def engine_batch_probe() -> tuple[float, float] | None:
     from canvasd import metrics
 
@@ -424,7 +246,6 @@ async def open_engine(cfg: BenchConfig, spec: ModelSpec, image_dir: str,
         await engine.ashutdown(timeout_s=30)
 
 
-# ---------------------------------------------------------------------------- (b)/(c) HTTP ---
 def _create_app(settings: Settings, spec: ModelSpec, factory: str):
     """The API's app factory; backends are injected when the bench model is the fake one."""
     import importlib
@@ -606,115 +427,7 @@ async def open_http(cfg: BenchConfig, spec: ModelSpec, scenario: str, image_dir:
         await asyncio.to_thread(server.stop)
 
 
-# ---------------------------------------------------------------------------- report ---------
-def ratios(results: list[LevelResult]) -> list[dict[str, Any]]:
-    by = {(r.scenario, r.stream, r.concurrency): r for r in results}
-    rows = []
-    for (scenario, stream, c), r in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][2])):
-        if scenario != "http":
-            continue
-        row: dict[str, Any] = {"concurrency": c, "stream": stream}
-        for other, name in (("engine", "http_over_engine"), ("http-serial", "batched_over_serial")):
-            o = by.get((other, stream, c))
-            row[name] = round(r.images_per_s / o.images_per_s, 3) if o and o.images_per_s else None
-        rows.append(row)
-    return rows
-
-
-def _fmt(x: float | None, digits: int = 2) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
-
-
-def markdown_table(results: list[LevelResult]) -> str:
-    lines = [
-        "| scenario | stream | clients | images/s | p50 s | p95 s | p99 s | first partial p50 s | mean batch | peak RSS MB | errors |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in results:
-        ttfp = r.ttfp_s["p50"] if r.ttfp_s else None
-        lines.append(
-            f"| {SCENARIO_LABELS[r.scenario]} | {'yes' if r.stream else 'no'} | {r.concurrency} "
-            f"| {_fmt(r.images_per_s)} | {_fmt(r.latency_s['p50'])} | {_fmt(r.latency_s['p95'])} "
-            f"| {_fmt(r.latency_s['p99'])} | {_fmt(ttfp)} | {_fmt(r.mean_batch, 1)} "
-            f"| {_fmt(r.peak_rss_mb, 0)} | {r.errors} |"
-        )
-    return "\n".join(lines)
-
-
-def ratio_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| clients | stream | (b)/(a) HTTP vs engine | (b)/(c) batching vs serial |",
-             "|---:|---|---:|---:|"]
-    for row in rows:
-        lines.append(f"| {row['concurrency']} | {'yes' if row['stream'] else 'no'} "
-                     f"| {_fmt(row['http_over_engine'])} | {_fmt(row['batched_over_serial'])} |")
-    return "\n".join(lines)
-
-
-def scaling_table(scaling: dict[str, Any]) -> str:
-    ks = list(scaling["step_s"])
-    lines = ["| images in the step | " + " | ".join(ks) + " |", "|---|" + "---:|" * len(ks),
-             "| seconds per step | " + " | ".join(f"{scaling['step_s'][k]:.3f}" for k in ks) + " |",
-             "| seconds per image-step | " + " | ".join(f"{scaling['per_image_step_s'][k]:.4f}" for k in ks) + " |",
-             "| batching ceiling vs one at a time | " + " | ".join(f"{scaling['ceiling'][k]:.2f}x" for k in ks) + " |"]
-    return "\n".join(lines)
-
-
-def plot(results: list[LevelResult], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_tp, ax_lat) = plt.subplots(1, 2, figsize=(12, 4.5))
-    series: dict[tuple[str, bool], list[LevelResult]] = {}
-    for r in results:
-        series.setdefault((r.scenario, r.stream), []).append(r)
-    for (scenario, stream), rs in series.items():
-        rs.sort(key=lambda r: r.concurrency)
-        label = SCENARIO_LABELS[scenario] + (" stream" if stream else "")
-        style = "--" if stream else "-"
-        xs = [r.concurrency for r in rs]
-        line, = ax_tp.plot(xs, [r.images_per_s for r in rs], style, marker="o", label=label)
-        ax_lat.plot(xs, [r.latency_s["p50"] or math.nan for r in rs], style, marker="o",
-                    color=line.get_color(), label=label + " p50")
-        ax_lat.plot(xs, [r.latency_s["p95"] or math.nan for r in rs], ":", marker="x",
-                    color=line.get_color(), label=label + " p95")
-    levels = sorted({r.concurrency for r in results})
-    for ax, ylabel in ((ax_tp, "images / s"), (ax_lat, "latency (s)")):
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(levels, [str(c) for c in levels])
-        ax.set_xlabel("concurrent clients")
-        ax.set_ylabel(ylabel)
-        ax.grid(True, alpha=0.3)
-    ax_tp.set_title("Throughput")
-    ax_lat.set_title("Latency")
-    ax_tp.legend(fontsize=8)
-    ax_lat.legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def machine_info() -> dict[str, Any]:
-    import psutil
-
-    info = {
-        "platform": platform.platform(), "python": platform.python_version(),
-        "cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "cpu": platform.processor() or None,
-    }
-    try:
-        info["git_commit"] = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-        ).stdout.strip() or None
-    except Exception:
-        info["git_commit"] = None
-    return info
-
-
-# ---------------------------------------------------------------------------- entry point ----
-async def _run_all(cfg: BenchConfig, spec: ModelSpec, scaling: dict[str, Any]) -> list[LevelResult]:
+async def run_all(cfg: BenchConfig, spec: ModelSpec, scaling: dict[str, Any]) -> list[LevelResult]:
     """Start every scenario, then measure level by level, each level in every scenario back to
     back (the order rotating), so machine drift hits all scenarios of a ratio alike."""
     results: list[LevelResult] = []
@@ -738,42 +451,3 @@ async def _run_all(cfg: BenchConfig, spec: ModelSpec, scaling: dict[str, Any]) -
                     results += [pooled[r.scenario].result(r.scenario, stream, c) for r in runners]
     order = {name: i for i, name in enumerate(cfg.scenarios)}
     return sorted(results, key=lambda r: (order[r.scenario], r.stream, r.concurrency))
-
-
-def run_bench(config: BenchConfig | None = None, **overrides: Any) -> dict[str, Any]:
-    """Run the scenarios, write JSON + PNG into `out_dir`, print the tables; return the report."""
-    cfg = replace(config or BenchConfig(), **overrides).effective()
-    spec = model_spec(cfg.model)
-    started = time.strftime("%Y%m%d-%H%M%S")
-    t0 = time.perf_counter()
-    scaling: dict[str, Any] = {}
-    results = asyncio.run(_run_all(cfg, spec, scaling))
-    rows = ratios(results)
-    report = {
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-        "model": {"id": spec.id, "backend": spec.backend, "path": spec.path,
-                  "simulated": spec.backend == "fake"},
-        "machine": machine_info(),
-        "started": started,
-        "duration_s": round(time.perf_counter() - t0, 1),
-        "results": [asdict(r) for r in results],
-        "ratios": rows,
-        "step_scaling": scaling or None,
-    }
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"bench-{spec.id}-{started}"
-    json_path, png_path = stem.with_suffix(".json"), stem.with_suffix(".png")
-    json_path.write_text(json.dumps(report, indent=2))
-    title = f"canvasd bench: {spec.id}" + (" (SIMULATED fake backend)" if spec.backend == "fake" else "")
-    plot(results, png_path, title)
-    report["files"] = {"json": str(json_path), "png": str(png_path)}
-    print()
-    print(markdown_table(results))
-    print()
-    print(ratio_table(rows))
-    if scaling:
-        print()
-        print(scaling_table(scaling))
-    print(f"\nwrote {json_path} and {png_path}")
-    return report
