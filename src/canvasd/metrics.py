@@ -50,3 +50,8 @@ CANCELLATIONS = Counter(
     "canvasd_cancellations_total", "Jobs cancelled (client gone, timeout, shutdown)", ["reason"],
     registry=REGISTRY,
 )
+OOM_SPLITS = Counter(
+    "canvasd_oom_splits_total",
+    "Batches (steps, decodes, whole jobs) split and retried after running out of device memory",
+    registry=REGISTRY,
+)

@@ -36,7 +36,7 @@ from canvasd.api.render import Renderer, b64, count_tokens
 from canvasd.api.streaming import sse_response
 from canvasd.backends.base import Cancelled
 from canvasd.config import OPENAI_ALIASES, Settings
-from canvasd.engine.events import EngineError, JobTimeout, QueueFull, ShuttingDown
+from canvasd.engine.events import EngineError, JobTimeout, OutOfDeviceMemory, QueueFull, ShuttingDown
 from canvasd.media.store import Expired, ImageStore, InvalidSignature, NotFound
 from canvasd.registry import ModelRegistry
 
@@ -167,6 +167,8 @@ class Service:
             return E.server_error("The server is shutting down; retry shortly.", retry=True, status=503)
         if isinstance(exc, Cancelled):
             return E.server_error("The request was cancelled.")
+        if isinstance(exc, OutOfDeviceMemory):
+            return E.server_error(str(exc))
         log.error("generation failed: %r", exc, exc_info=exc)
         return E.server_error()
 

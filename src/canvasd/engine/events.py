@@ -49,3 +49,8 @@ class ShuttingDown(EngineError):
 
 class JobTimeout(EngineError):
     pass
+
+
+class OutOfDeviceMemory(EngineError):
+    """One image of the job did not fit in its device's memory even alone (the engine had already
+    split the batch down to it); the API answers with a `server_error` carrying this message."""

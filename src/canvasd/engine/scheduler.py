@@ -39,7 +39,7 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, AsyncIterator, Hashable
 
 from canvasd import metrics
@@ -50,11 +50,13 @@ from canvasd.engine.events import (
     JobFailed,
     JobFinished,
     JobTimeout,
+    OutOfDeviceMemory,
     PartialImage,
     QueueFull,
     ShuttingDown,
 )
 from canvasd.engine.jobs import Job
+from canvasd.engine.oom import is_out_of_memory, release_cached_memory
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL.Image import Image
@@ -202,6 +204,9 @@ class Engine:
         self._torch_configured = False
         self._step_s: float | None = None  # EWMA of one backend.step call's wall time
         self._batch_avg: float | None = None  # EWMA of samples per step
+        # Batch keys that ran out of device memory -> the most samples per step that fitted: later
+        # groups of the key start there instead of running out again.
+        self._fit_cap: dict[Hashable, int] = {}
         self.steps_done = 0
 
     # ------------------------------------------------------------------ public interface ----
@@ -325,7 +330,8 @@ class Engine:
         self._last_served[key] = self._turns
         backend = self._waiting[key][0].backend
         whole = not backend.capabilities.stepwise
-        cap = max(1, min(self.settings.max_batch, backend.capabilities.max_batch))
+        cap = max(1, min(self.settings.max_batch, backend.capabilities.max_batch,
+                         self._fit_cap.get(key, self.settings.max_batch)))
         return _Group(key=key, backend=backend, cap=cap, whole_job=whole)
 
     def _admit_locked(self, group: _Group, now: float) -> list[_Entry]:
@@ -376,33 +382,72 @@ class Engine:
         live = [s for e in group.entries for s in e.samples if not s.done]
         metrics.RUNNING_BATCH.set(len(live))
         entry_of = {id(e.job): e for e in group.entries}
-        for i in range(0, len(live), group.cap):
-            # Only a job with more samples than the cap needs a second chunk.
-            chunk = [s for s in live[i : i + group.cap] if not entry_of[id(s.job)].failed]
-            if not chunk:
-                continue
-            t0 = time.perf_counter()
-            try:
-                group.backend.step(chunk)
-            except Exception as exc:  # fail only the jobs in this batch; keep serving
-                log.warning("step of %d samples failed: %r", len(chunk), exc)
-                for job_key in {id(s.job) for s in chunk}:
-                    self._finish_failed(group, entry_of[job_key], exc)
-                continue
-            self._record_step(time.perf_counter() - t0, len(chunk))
+        i = 0
+        while i < len(live):
+            # Only a job with more samples than the cap needs a second chunk; the cap may shrink
+            # inside this loop when a chunk runs out of device memory.
+            chunk = live[i : i + group.cap]
+            i += len(chunk)
+            self._step_fitting(group, chunk, entry_of)
         for entry in list(group.entries):
             if entry.failed:
                 continue
             try:
                 self._emit_previews(entry, group.backend)
                 if all(s.done for s in entry.samples):
-                    images = group.backend.finish(entry.samples)
+                    images = self._finish_fitting(group.backend, entry.samples)
                     self._finish_ok(group, entry, images)
             except Exception as exc:
                 log.warning("job %s failed after its step: %r", entry.job.id, exc)
                 self._finish_failed(group, entry, exc)
         if not group.entries:
             metrics.RUNNING_BATCH.set(0)
+
+    def _step_fitting(self, group: _Group, chunk: list[Sample], entry_of: dict[int, _Entry]) -> None:
+        """ONE ``backend.step`` over `chunk`; when it runs out of device memory, the chunk is split
+        in halves that are retried one after the other (a backend's step leaves its samples as they
+        were when it raises), and the group's cap drops to the half so its later steps, and later
+        groups of the same key, do not run out again. A single sample that still does not fit
+        fails its own job with `OutOfDeviceMemory`; every other job goes on."""
+        pending = [chunk]
+        while pending:
+            part = [s for s in pending.pop(0) if not entry_of[id(s.job)].failed]
+            if not part:
+                continue
+            t0 = time.perf_counter()
+            try:
+                group.backend.step(part)
+            except Exception as exc:  # fail only the jobs in this batch; keep serving
+                if is_out_of_memory(exc):
+                    release_cached_memory()
+                    if len(part) > 1:
+                        half = (len(part) + 1) // 2
+                        log.warning("out of device memory stepping %d samples of %s; retrying "
+                                    "as %d + %d", len(part), group.key, half, len(part) - half)
+                        metrics.OOM_SPLITS.inc()
+                        group.cap = min(group.cap, half)
+                        self._fit_cap[group.key] = group.cap
+                        pending[:0] = [part[:half], part[half:]]
+                        continue
+                log.warning("step of %d samples failed: %r", len(part), exc)
+                for job_key in {id(s.job) for s in part}:
+                    self._finish_failed(group, entry_of[job_key], exc)
+                continue
+            self._record_step(time.perf_counter() - t0, len(part))
+
+    @staticmethod
+    def _finish_fitting(backend: Backend, samples: list[Sample]) -> list["Image"]:
+        """``backend.finish`` (decode) of a job's samples together, or one by one when decoding
+        them together runs out of device memory (a single one that does not fit raises)."""
+        try:
+            return backend.finish(samples)
+        except Exception as exc:
+            if len(samples) < 2 or not is_out_of_memory(exc):
+                raise
+        release_cached_memory()
+        metrics.OOM_SPLITS.inc()
+        log.warning("out of device memory decoding %d images; decoding one at a time", len(samples))
+        return [image for s in samples for image in backend.finish([s])]
 
     def _emit_previews(self, entry: _Entry, backend: Backend) -> None:
         for s in entry.samples:
@@ -419,12 +464,12 @@ class Engine:
         stop: list[tuple[BaseException, str]] = []
         step_began = [time.perf_counter()]
 
-        def on_step(step_done: int, total: int, preview) -> bool:
+        def on_step(step_done: int, total: int, preview, offset: int = 0) -> bool:
             self._record_step(time.perf_counter() - step_began[0], job.n)
             plan = job.preview_steps(total)
             if step_done in plan:
                 for index, image in enumerate(preview()):
-                    entry.handle._post(PartialImage(index, plan.index(step_done), image))
+                    entry.handle._post(PartialImage(offset + index, plan.index(step_done), image))
             with self._cond:
                 now = time.monotonic()
                 self._sweep_waiting_locked(now)
@@ -436,7 +481,7 @@ class Engine:
 
         metrics.RUNNING_BATCH.set(job.n)
         try:
-            images = group.backend.run(job, on_step)
+            images = self._run_fitting(group.backend, job, on_step, entry)
         except Exception as exc:
             if stop:
                 self._drop(group, entry, *stop[0])
@@ -449,6 +494,27 @@ class Engine:
             else:
                 self._finish_ok(group, entry, images)
         metrics.RUNNING_BATCH.set(0)
+
+    def _run_fitting(self, backend: Backend, job: Job, on_step: Any, entry: _Entry) -> list["Image"]:
+        """``backend.run(job)``; when it runs out of device memory with several images, the job is
+        run again as two halves. Image i is seeded ``job.seed + i``, so the half starting at image
+        k is the same job with ``n`` halved and ``seed + k``: the same images as one run. Partial
+        images of the second half keep their own indices."""
+        try:
+            return backend.run(job, on_step)
+        except Exception as exc:
+            if job.n < 2 or not is_out_of_memory(exc) or job.cancelled:
+                raise
+        release_cached_memory()
+        metrics.OOM_SPLITS.inc()
+        half = (job.n + 1) // 2
+        log.warning("out of device memory running job %s (%d images); retrying as %d + %d",
+                    job.id, job.n, half, job.n - half)
+        images: list["Image"] = []
+        for offset, n in ((0, half), (half, job.n - half)):
+            part = replace(job, n=n, seed=job.seed + offset)
+            images += self._run_fitting(backend, part, _offset_previews(on_step, offset), entry)
+        return images
 
     # ------------------------------------------------------------------ cancellation ---------
     def _stop_reason(self, entry: _Entry, now: float) -> tuple[BaseException, str] | None:
@@ -504,6 +570,8 @@ class Engine:
         if entry.failed:
             return
         entry.failed = True
+        if is_out_of_memory(error):
+            error = _out_of_memory(entry)
         if reason:
             metrics.CANCELLATIONS.labels(reason=reason).inc()
         entry.handle._post(JobFailed(error))
@@ -566,3 +634,25 @@ class Engine:
         torch.set_num_threads(threads)
         self._torch_configured = True
         log.info("torch intra-op threads: %d", threads)
+
+
+def _offset_previews(on_step: Any, offset: int) -> Any:
+    """`on_step` for the second half of a split whole job: its previews come after the first's."""
+    if not offset:
+        return on_step
+
+    def shifted(step_done: int, total: int, preview: Any) -> bool:
+        return on_step(step_done, total, preview, offset)
+
+    return shifted
+
+
+def _out_of_memory(entry: _Entry) -> OutOfDeviceMemory:
+    job = entry.job
+    device = getattr(entry.backend, "device", None)
+    where = f" of {device}" if device is not None else ""
+    return OutOfDeviceMemory(
+        f"Out of device memory: one {job.width}x{job.height} image of model '{job.model}' does not "
+        f"fit in the memory{where}, even alone in its batch. Request a smaller size, or ask the "
+        "operator to give the model more memory (CPU offload, fewer models per device, a larger "
+        "device).")
