@@ -13,12 +13,12 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 from canvasd.backends.base import Cancelled, run_stepwise  # noqa: E402
-from canvasd.backends.diffusers_backend import (  # noqa: E402
+from canvasd.backends.diffusers import (  # noqa: E402
     DiffusersBackend,
     DiffusersSample,
     NotAPipelineError,
-    _x0_of,
 )
+from canvasd.backends.diffusers.stepwise import x0_of  # noqa: E402
 from canvasd.engine.jobs import Job  # noqa: E402
 from tiny_pipelines import build_tiny_sd_pipeline, with_scheduler, write_not_a_pipeline  # noqa: E402
 
@@ -299,7 +299,7 @@ def test_stepwise_preview_and_total_steps(backend):
     assert all(s.step == 1 for s in samples)
     preview = backend.preview(samples[0])
     assert preview.size == (40, 48) and preview.mode == "RGB"
-    assert backend.batch_key(samples[0].job) == ("tiny-sd", 40, 48)
+    assert backend.batch_key(samples[0].job) == ("tiny-sd", 40, 48, None, ())
 
 
 def test_stepwise_inpaint_keeps_unmasked_latents(backend):
@@ -332,14 +332,14 @@ def test_x0_taken_from_scheduler_outputs():
     ddim = DDIMScheduler()
     ddim.set_timesteps(4)
     out = ddim.step(eps, ddim.timesteps[0], latents)
-    assert _x0_of(ddim, out) is out.pred_original_sample
+    assert x0_of(ddim, out) is out.pred_original_sample
 
     dpm = DPMSolverMultistepScheduler()  # dpmsolver++: keeps x0 model outputs
     dpm.set_timesteps(4)
     t = dpm.timesteps[0]
     out = dpm.step(eps, t, latents)
     alpha, sigma = dpm._sigma_to_alpha_sigma_t(dpm.sigmas[0])
-    assert torch.allclose(_x0_of(dpm, out), (latents - sigma * eps) / alpha, atol=1e-5)
+    assert torch.allclose(x0_of(dpm, out), (latents - sigma * eps) / alpha, atol=1e-5)
 
 
 def test_stepwise_img2img_with_resized_rgba_input_matches_pipeline(backend):

@@ -76,7 +76,7 @@ def model(request, tmp_path_factory) -> Model:
         weights = write_tiny_emoji_weights(tmp_path_factory.mktemp("load-emoji") / "weights")
         return Model(EMOJI_MODEL_ID, emoji.EmojiBackend(EMOJI_MODEL_ID, str(weights), precision=PRECISION), True,
                      ((64, 64), (96, 96), (128, 128)))
-    from canvasd.backends.diffusers_backend import DiffusersBackend
+    from canvasd.backends.diffusers import DiffusersBackend
 
     path = build_tiny_sd_pipeline(tmp_path_factory.mktemp("load-sd"))
     # the SD backend batches only jobs of one size: keep one size so the storm really batches

@@ -93,7 +93,7 @@ def case(request, live_server) -> Case:
         assert caps.alpha and caps.upscales and caps.native_size == (64, 64)
         return Case("emoji", srv.url, EMOJI_MODEL_ID, (128, 128), True, caps.max_input_images,
                     _sdk(srv.url))
-    from canvasd.backends.diffusers_backend import DiffusersBackend
+    from canvasd.backends.diffusers import DiffusersBackend
 
     pipeline = request.getfixturevalue("tiny_sd_pipeline")
     srv = live_server(backend=DiffusersBackend(SD_MODEL_ID, str(pipeline)))

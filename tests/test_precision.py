@@ -125,7 +125,7 @@ def test_diffusers_bf16_runs_whole_job_and_stepwise(tmp_path_factory):
     pytest.importorskip("diffusers")
     from tiny_pipelines import build_tiny_sd_pipeline
 
-    from canvasd.backends.diffusers_backend import DiffusersBackend
+    from canvasd.backends.diffusers import DiffusersBackend
 
     path = build_tiny_sd_pipeline(tmp_path_factory.mktemp("tiny-sd-bf16"))
     job = Job(kind="generate", model="tiny", prompt="a cat", n=2, width=32, height=32, steps=4,

@@ -20,7 +20,7 @@ def build_backend(spec: ModelSpec, precision: str = "auto") -> Backend:
 
         return EmojiBackend(spec.id, spec.path, precision=precision)
     if spec.backend == "diffusers":
-        from canvasd.backends.diffusers_backend import DiffusersBackend
+        from canvasd.backends.diffusers import DiffusersBackend
 
         return DiffusersBackend(spec.id, spec.path, precision=precision)
     raise ValueError(f"unknown backend {spec.backend!r} for model {spec.id!r}")
