@@ -30,8 +30,8 @@ def api_backend_factory() -> Callable[..., Any]:
 
 def make_settings(tmp: Path, **overrides: Any) -> Settings:
     # torch_threads=1: the test models are tiny, and on a busy 2-core machine two OpenMP threads
-    # spin against the other processes and can be dramatically slower than one (helper-4 measured
-    # ~50x); one thread per engine keeps the live-server tests quick and their timing stable.
+    # spin against the other processes and can be dramatically slower than one (up to ~50x); one
+    # thread per engine keeps the live-server tests quick and their timing stable.
     s = Settings(models=[ModelSpec(API_MODEL_ID, "emoji")], image_dir=tmp / "images", url_secret="test-secret",
                  torch_threads=1)
     for k, v in overrides.items():
