@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from PIL import Image, ImageDraw
 
-from canvasd.backends.base import Capabilities, Sample
 from canvasd.backends.fake import FakeBackend
-from canvasd.engine.jobs import Job
+from canvasd.contracts import Capabilities, Job, Sample
 
 API_MODEL_ID = "test-model"
 

@@ -19,6 +19,7 @@ import pytest
 from api_support import API_MODEL_ID, ShapeBackend
 
 from canvasd.config import ModelSpec, Settings
+from canvasd.engine.client import EngineClient
 from canvasd.registry import ModelRegistry
 
 
@@ -62,7 +63,7 @@ class LiveServer:
             self._thread.join(timeout=15)
 
 
-def start_server(settings: Settings, registry: ModelRegistry, engine: Any = None,
+def start_server(settings: Settings, registry: ModelRegistry, engine: EngineClient | None = None,
                  backend: Any = None, wait_ready: bool = True) -> LiveServer:
     import uvicorn
 
@@ -102,7 +103,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory,
     (``.url`` is the base URL without /v1). Servers stop at the end of the module."""
     started: list[LiveServer] = []
 
-    def start(backend: Any = None, engine: Any = None, registry: ModelRegistry | None = None,
+    def start(backend: Any = None, engine: EngineClient | None = None, registry: ModelRegistry | None = None,
               wait_ready: bool = True, **overrides: Any) -> LiveServer:
         settings = make_settings(tmp_path_factory.mktemp("canvasd"), **overrides)
         if registry is None:

@@ -13,7 +13,7 @@ from PIL import Image
 torch = pytest.importorskip("torch")
 
 from canvasd.backends.emoji.backend import EmojiBackend, EmojiWeightsMissing  # noqa: E402
-from canvasd.engine.jobs import Job  # noqa: E402
+from canvasd.contracts import Job  # noqa: E402
 from canvasd.training.train import TrainConfig, export, main, train  # noqa: E402
 from canvasd.training.trainset import make_synthetic_dataset  # noqa: E402
 
@@ -183,7 +183,7 @@ def test_preview_mid_run_and_tokens(backend):
 
 
 def test_cancel_stops_run(backend):
-    from canvasd.backends.base import Cancelled
+    from canvasd.contracts import Cancelled
 
     with pytest.raises(Cancelled):
         backend.run(_job(steps=4), lambda done, total, preview: False)

@@ -17,8 +17,8 @@ from fakes import FakeBackend, FakeWholeJobBackend, seed_colour
 
 from canvasd import metrics
 from canvasd.config import Settings
+from canvasd.contracts import Job
 from canvasd.engine.events import JobFailed, JobFinished, OutOfDeviceMemory, PartialImage
-from canvasd.engine.jobs import Job
 from canvasd.engine.oom import is_out_of_memory
 from canvasd.engine.scheduler import Engine
 

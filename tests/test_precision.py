@@ -11,7 +11,7 @@ from canvasd.backends.base import run_stepwise  # noqa: E402
 from canvasd.backends.emoji.backend import PACKAGED_WEIGHTS, EmojiBackend  # noqa: E402
 from canvasd.backends.precision import cpu_has_fast_bf16, use_bf16  # noqa: E402
 from canvasd.config import EMBEDDED_MODEL_ID, ModelSpec, Settings, load_settings  # noqa: E402
-from canvasd.engine.jobs import Job  # noqa: E402
+from canvasd.contracts import Job  # noqa: E402
 from canvasd.registry import ModelRegistry  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

@@ -15,8 +15,8 @@ import pytest
 from fakes import FakeBackend, FakeWholeJobBackend, seed_colour
 
 from canvasd import metrics
-from canvasd.backends.base import Cancelled
 from canvasd.config import Settings
+from canvasd.contracts import Cancelled, Job
 from canvasd.engine.events import (
     JobFailed,
     JobFinished,
@@ -25,7 +25,6 @@ from canvasd.engine.events import (
     QueueFull,
     ShuttingDown,
 )
-from canvasd.engine.jobs import Job
 from canvasd.engine.scheduler import Engine
 
 

@@ -115,7 +115,7 @@ def generate(
     background: str = "transparent",
 ) -> None:
     """Generate images locally without a server (writes OUTPUT, or OUTPUT-i for n>1)."""
-    from canvasd.engine.jobs import Job
+    from canvasd.contracts import Job
     from canvasd.media.encode import encode_image
     from canvasd.media.resize import fit_image
     from canvasd.registry import ModelRegistry

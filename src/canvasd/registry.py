@@ -8,8 +8,9 @@ from __future__ import annotations
 import logging
 import threading
 
-from canvasd.backends.base import Backend, Capabilities
+from canvasd.backends.base import Backend
 from canvasd.config import ModelSpec, Settings
+from canvasd.contracts import Capabilities
 
 log = logging.getLogger("canvasd.registry")
 

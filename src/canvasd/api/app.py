@@ -32,10 +32,11 @@ from canvasd.api import rules
 from canvasd.api.images import load_form_images, load_json_images
 from canvasd.api.multipart import JSON_BODY_MAX, read_limited, read_multipart, total_body_limit
 from canvasd.api.protocol import ImageData, Usage, build_response, compute_usage
-from canvasd.api.render import Renderer, b64, count_tokens
+from canvasd.api.render import Renderer, b64
 from canvasd.api.streaming import sse_response
-from canvasd.backends.base import Cancelled
+from canvasd.contracts import Cancelled, word_count_tokens
 from canvasd.config import OPENAI_ALIASES, Settings
+from canvasd.engine.client import EngineClient, JobHandle
 from canvasd.engine.events import EngineError, JobTimeout, OutOfDeviceMemory, QueueFull, ShuttingDown
 from canvasd.media.store import Expired, ImageStore, InvalidSignature, NotFound
 from canvasd.registry import ModelRegistry
@@ -109,7 +110,7 @@ def _endpoint_label(path: str) -> str:
 class Service:
     """Everything the routes share."""
 
-    def __init__(self, settings: Settings, registry: ModelRegistry, engine: Any, store: ImageStore):
+    def __init__(self, settings: Settings, registry: ModelRegistry, engine: EngineClient, store: ImageStore):
         self.settings = settings
         self.registry = registry
         self.engine = engine
@@ -172,7 +173,7 @@ class Service:
         log.error("generation failed: %r", exc, exc_info=exc)
         return E.server_error()
 
-    def submit(self, plan: rules.Plan) -> Any:
+    def submit(self, plan: rules.Plan) -> JobHandle:
         self.ensure_ready()
         try:
             return self.engine.submit(plan.job)
@@ -185,15 +186,12 @@ class Service:
         except EngineError as exc:
             raise self.map_engine_error(exc) from None
 
-    def usage_for(self, plan: rules.Plan, n_images: int, handle: Any) -> Usage:
+    def usage_for(self, plan: rules.Plan, n_images: int, handle: JobHandle) -> Usage:
         # the engine counts the prompt's tokens on its own thread (a backend's tokenizer is not
-        # safe to use from here while the engine samples); count here only if it could not
-        if hasattr(handle, "prompt_tokens"):
-            tokens = handle.prompt_tokens
-            if tokens is None:  # the backend could not count
-                tokens = len(plan.job.prompt.split())
-        else:  # an engine stand-in that does not count
-            tokens = count_tokens(self.registry.get(plan.job.model), plan.job.prompt)
+        # safe to use from here while the engine samples), so the API never calls a backend
+        tokens = handle.prompt_tokens
+        if tokens is None:  # pragma: no cover - usage is computed after the job finished
+            tokens = word_count_tokens(plan.job.prompt)
         return compute_usage(tokens, plan.input_sizes, plan.out, n_images)
 
     # --- the generation round trip --------------------------------------------------------
@@ -215,7 +213,7 @@ class Service:
             raise self.map_engine_error(exc) from None
         finally:
             watcher.cancel()
-        access.update({k: round(v, 3) for k, v in getattr(handle, "timings", {}).items()})
+        access.update({k: round(v, 3) for k, v in handle.timings.items()})
         t0 = time.perf_counter()
         encoded = await self.renderer.all(images, plan.out)
         usage = await anyio.to_thread.run_sync(self.usage_for, plan, len(encoded), handle)
@@ -234,7 +232,7 @@ class Service:
         return JSONResponse(body)
 
 
-async def _cancel_on_disconnect(request: Request, handle: Any) -> None:
+async def _cancel_on_disconnect(request: Request, handle: JobHandle) -> None:
     """Cancel the job when the client goes away (the request body is already consumed, so the
     next ASGI message is the disconnect)."""
     while True:
@@ -266,7 +264,8 @@ def _parse_json(body: bytes) -> dict[str, Any]:
     return data
 
 
-def create_app(settings: Settings, registry: ModelRegistry | None = None, engine: Any = None) -> FastAPI:
+def create_app(settings: Settings, registry: ModelRegistry | None = None,
+               engine: EngineClient | None = None) -> FastAPI:
     registry = registry if registry is not None else ModelRegistry(settings)
     if engine is None:
         from canvasd.engine.scheduler import Engine
@@ -407,8 +406,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None, engine
             raise E.server_error(f"Model loading failed: {registry.load_error}", status=503)
         if not registry.ready:
             raise E.not_ready("Models are loading.")
-        stats = engine.stats() if hasattr(engine, "stats") else {}
-        return JSONResponse({"status": "ready", "models": list(registry.backends), "engine": stats})
+        return JSONResponse({"status": "ready", "models": list(registry.backends), "engine": engine.stats()})
 
     async def prometheus(request: Request) -> Response:
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)

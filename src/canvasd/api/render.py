@@ -13,7 +13,7 @@ import logging
 import os
 import time
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -70,14 +70,3 @@ class Renderer:
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
-
-def count_tokens(backend: Any, prompt: str) -> int:
-    """Prompt tokens from the backend's own tokenizer; a word count if it cannot tell."""
-    if not prompt:
-        return 0
-    try:
-        return int(backend.count_tokens(prompt))
-    except Exception:  # noqa: BLE001 - usage must never fail a finished generation
-        log.warning("count_tokens failed for %s; using a word count", getattr(backend, "id", "?"),
-                    exc_info=True)
-        return len(prompt.split())

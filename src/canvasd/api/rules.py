@@ -48,8 +48,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from canvasd.api import errors as E
-from canvasd.backends.base import Capabilities
-from canvasd.engine.jobs import Job
+from canvasd.contracts import Capabilities, Job
 from canvasd.media.inputs import fit_input, repaint_mask
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -38,6 +38,7 @@ from canvasd.api.protocol import (
 )
 from canvasd.api.render import Renderer, b64
 from canvasd.api.rules import Plan
+from canvasd.engine.client import JobHandle
 from canvasd.engine.events import JobFailed, JobFinished, PartialImage
 
 log = logging.getLogger("canvasd.api")
@@ -55,7 +56,7 @@ def error_frame(err: E.OpenAIError) -> bytes:
 
 
 def sse_response(
-    handle: Any,
+    handle: JobHandle,
     plan: Plan,
     usage_for: Callable[[int], Usage],
     map_error: Callable[[BaseException], E.OpenAIError],

@@ -17,8 +17,8 @@ from typing import Callable, Hashable
 
 from PIL import Image
 
-from canvasd.backends.base import Capabilities, Cancelled, Sample, StepCallback, run_stepwise
-from canvasd.engine.jobs import Job
+from canvasd.backends.base import StepCallback, run_stepwise
+from canvasd.contracts import Cancelled, Capabilities, Job, Sample
 
 
 def seed_colour(seed: int) -> tuple[int, int, int]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from canvasd.backends.base import Backend
 from canvasd.config import EMBEDDED_MODEL_ID, ModelSpec, Settings
 
 SCENARIOS = ("engine", "http", "http-serial")
@@ -112,14 +113,14 @@ def model_spec(model: str | None) -> ModelSpec:
     return parse_model_arg(model)
 
 
-def fake_backend():
+def fake_backend() -> Backend:
     """CPU-like cost shape (measured for small UNets: ~15 ms at batch 1, ~40 ms at batch 8)."""
     from canvasd.backends.fake import FakeBackend
 
     return FakeBackend(FAKE_MODEL, step_s=0.012, per_sample_s=0.0035)
 
 
-def build_backends(spec: ModelSpec, precision: str = "auto") -> dict[str, Any]:
+def build_backends(spec: ModelSpec, precision: str = "auto") -> dict[str, Backend]:
     if spec.backend == "fake":
         return {spec.id: fake_backend()}
     from canvasd.registry import build_backend

@@ -25,8 +25,10 @@ from canvasd.bench.config import (
     request_plan,
     scenario_settings,
 )
+from canvasd.backends.base import StepwiseBackend, as_stepwise
 from canvasd.bench.report import LevelResult, percentiles
 from canvasd.config import ModelSpec, Settings
+from canvasd.contracts import Job
 
 class RssSampler:
     """Peak resident memory of one process, sampled every 50 ms on a background thread."""
@@ -172,7 +174,7 @@ async def in_fresh_thread(fn: Callable[..., Any], *args: Any) -> Any:
 STEP_BATCHES = (1, 2, 4, 8, 16)
 
 
-def step_scaling(backend: Any, job: Any, batches: tuple[int, ...] = STEP_BATCHES, repeats: int = 3) -> dict[str, Any]:
+def step_scaling(backend: StepwiseBackend, job: Job, batches: tuple[int, ...] = STEP_BATCHES, repeats: int = 3) -> dict[str, Any]:
     """Seconds per denoising step for k images in one batch (median of `repeats` steps), and what
     that allows: `ceiling[k]` = images/s batched at k / images/s one at a time, counting denoising
     only. It bounds (b)/(c): if the model's step cost grows almost linearly with the rows, no
@@ -214,8 +216,8 @@ async def open_engine(cfg: BenchConfig, spec: ModelSpec, image_dir: str,
         raise registry.load_error
     backends = registry.backends
     renderer = Renderer(settings.render_threads)
-    backend = backends[spec.id]
-    if backend.capabilities.stepwise:  # before the engine's thread exists: one torch thread at a time
+    backend = as_stepwise(backends[spec.id])
+    if backend is not None:  # before the engine's thread exists: one torch thread at a time
         first = request_plan(cfg, 1)[0]
         job = rules.validate("generations", "json", request_body(first, cfg, False), registry=registry,
                              strict=strict).job

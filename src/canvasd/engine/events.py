@@ -19,10 +19,10 @@ class PartialImage:
 @dataclass
 class JobFinished:
     images: list["Image"]
-    timings: dict[str, float] = field(default_factory=dict)  # queue_s, engine_s
     # the prompt's text tokens (for `usage`), counted on the engine thread: a backend's tokenizer
     # is shared with its sampling code and is not safe to call from another thread meanwhile
-    prompt_tokens: int | None = None
+    prompt_tokens: int
+    timings: dict[str, float] = field(default_factory=dict)  # queue_s, engine_s
 
 
 @dataclass

@@ -7,7 +7,7 @@ one job at a time behind a mutex; `Settings.batching=False` reproduces that for 
 Shape (read top to bottom):
 
 - `Engine.submit` (any thread, inside a running asyncio loop) appends a job to a waiting queue
-  keyed by ``(model id, backend.batch_key(job))`` and returns a `JobHandle`. Events go back to the
+  keyed by ``(model id, backend.batch_key(job))`` and returns a `LocalJobHandle`. Events go back to the
   submitting loop with ``loop.call_soon_threadsafe``.
 - The worker thread serves one *group* at a time: a running set of samples sharing one key.
   Before every denoising step it drops cancelled / timed-out jobs, admits waiting jobs of the
@@ -43,8 +43,9 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, AsyncIterator, Hashable
 
 from canvasd import metrics
-from canvasd.backends.base import Backend, Cancelled, Sample
+from canvasd.backends.base import Backend, StepCallback, StepwiseBackend, as_stepwise, count_prompt_tokens
 from canvasd.config import Settings
+from canvasd.contracts import Cancelled, Job, Sample
 from canvasd.engine.events import (
     Event,
     JobFailed,
@@ -55,7 +56,6 @@ from canvasd.engine.events import (
     QueueFull,
     ShuttingDown,
 )
-from canvasd.engine.jobs import Job
 from canvasd.engine.oom import is_out_of_memory, release_cached_memory
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -68,18 +68,6 @@ _EWMA = 0.2  # weight of the newest step in the step-time / batch-size averages
 _IDLE_WAIT_S = 1.0  # the worker re-checks deadlines at least this often when idle
 
 
-def _prompt_tokens(backend: Backend, prompt: str) -> int | None:
-    """The prompt's text tokens by the backend's tokenizer, on the worker thread (backends are only
-    ever called from it); None when it cannot tell (the API then falls back to a word count)."""
-    if not prompt:
-        return 0
-    try:
-        return int(backend.count_tokens(prompt))
-    except Exception:  # noqa: BLE001 - usage must never fail a finished generation
-        log.warning("count_tokens failed for %s", getattr(backend, "id", "?"), exc_info=True)
-        return None
-
-
 def usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -87,8 +75,9 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-class JobHandle:
-    """The submitter's view of one job: its events, its result, and a way to cancel it.
+class LocalJobHandle:
+    """The in-process engine's `JobHandle` (canvasd.engine.client): one job's events, its result,
+    and a way to cancel it.
 
     Lives on the asyncio loop that called `Engine.submit`; the worker thread only ever touches it
     through ``loop.call_soon_threadsafe``. `events()` is meant for a single consumer.
@@ -157,7 +146,7 @@ class _Entry:
     """A job inside the engine: waiting, then running in a group."""
 
     job: Job
-    handle: JobHandle
+    handle: LocalJobHandle
     backend: Backend
     key: Hashable
     submitted: float  # monotonic
@@ -178,8 +167,8 @@ class _Group:
 
     key: Hashable
     backend: Backend
+    stepper: StepwiseBackend | None  # None: a whole-job backend, one job per turn, run() loops
     cap: int  # samples per backend.step call
-    whole_job: bool  # non-stepwise backend: one job, run() does the loop
     entries: list[_Entry] = field(default_factory=list)
 
     @property
@@ -188,6 +177,8 @@ class _Group:
 
 
 class Engine:
+    """The in-process `EngineClient` (canvasd.engine.client): one worker thread over `backends`."""
+
     def __init__(self, backends: dict[str, Backend], settings: Settings):
         self.backends = backends
         self.settings = settings
@@ -221,7 +212,7 @@ class Engine:
         self._thread = threading.Thread(target=self._worker, name="canvasd-engine", daemon=True)
         self._thread.start()
 
-    def submit(self, job: Job) -> JobHandle:
+    def submit(self, job: Job) -> LocalJobHandle:
         """Queue a job. Call from inside a running asyncio loop; events are delivered to it."""
         loop = asyncio.get_running_loop()
         try:
@@ -232,7 +223,7 @@ class Engine:
             key: Hashable = (job.model, backend.batch_key(job))
         else:
             key = (job.model, _WHOLE_JOB)
-        handle = JobHandle(job, loop, self)
+        handle = LocalJobHandle(job, loop, self)
         with self._cond:
             if self._closing:
                 raise ShuttingDown("server is shutting down")
@@ -305,11 +296,11 @@ class Engine:
                 admitted = self._admit_locked(group, now)
             self._configure_torch()
             try:
-                if group.whole_job:
+                if group.stepper is None:
                     self._run_whole_job(group)
                 else:
-                    self._start_jobs(group, admitted)
-                    self._step_group(group)
+                    self._start_jobs(group, group.stepper, admitted)
+                    self._step_group(group, group.stepper)
             except Exception:  # pragma: no cover - engine bug: fail the group, keep serving
                 log.exception("engine error")
                 for entry in list(group.entries):
@@ -329,17 +320,16 @@ class Engine:
         self._turns += 1
         self._last_served[key] = self._turns
         backend = self._waiting[key][0].backend
-        whole = not backend.capabilities.stepwise
         cap = max(1, min(self.settings.max_batch, backend.capabilities.max_batch,
                          self._fit_cap.get(key, self.settings.max_batch)))
-        return _Group(key=key, backend=backend, cap=cap, whole_job=whole)
+        return _Group(key=key, backend=backend, stepper=as_stepwise(backend), cap=cap)
 
     def _admit_locked(self, group: _Group, now: float) -> list[_Entry]:
         """Move waiting jobs of the group's key into it (FIFO, stop at the first that won't fit)."""
         queue = self._waiting.get(group.key)
         if not queue or self._closing:
             return []
-        single = group.whole_job or not self.settings.batching
+        single = group.stepper is None or not self.settings.batching
         if single and group.entries:
             return []
         fresh_turn = not group.entries
@@ -366,10 +356,10 @@ class Engine:
         metrics.QUEUE_DEPTH.set(self._waiting_images)
         return admitted
 
-    def _start_jobs(self, group: _Group, admitted: list[_Entry]) -> None:
+    def _start_jobs(self, group: _Group, stepper: StepwiseBackend, admitted: list[_Entry]) -> None:
         for entry in admitted:
             try:
-                entry.samples = group.backend.start(entry.job)
+                entry.samples = stepper.start(entry.job)
             except Exception as exc:
                 log.warning("job %s failed to start: %r", entry.job.id, exc)
                 self._finish_failed(group, entry, exc)
@@ -378,7 +368,7 @@ class Engine:
                 entry.previews[s.index] = entry.job.preview_steps(s.total_steps)
                 entry.partials_sent[s.index] = 0
 
-    def _step_group(self, group: _Group) -> None:
+    def _step_group(self, group: _Group, stepper: StepwiseBackend) -> None:
         live = [s for e in group.entries for s in e.samples if not s.done]
         metrics.RUNNING_BATCH.set(len(live))
         entry_of = {id(e.job): e for e in group.entries}
@@ -388,14 +378,14 @@ class Engine:
             # inside this loop when a chunk runs out of device memory.
             chunk = live[i : i + group.cap]
             i += len(chunk)
-            self._step_fitting(group, chunk, entry_of)
+            self._step_fitting(group, stepper, chunk, entry_of)
         for entry in list(group.entries):
             if entry.failed:
                 continue
             try:
-                self._emit_previews(entry, group.backend)
+                self._emit_previews(entry, stepper)
                 if all(s.done for s in entry.samples):
-                    images = self._finish_fitting(group.backend, entry.samples)
+                    images = self._finish_fitting(stepper, entry.samples)
                     self._finish_ok(group, entry, images)
             except Exception as exc:
                 log.warning("job %s failed after its step: %r", entry.job.id, exc)
@@ -403,7 +393,8 @@ class Engine:
         if not group.entries:
             metrics.RUNNING_BATCH.set(0)
 
-    def _step_fitting(self, group: _Group, chunk: list[Sample], entry_of: dict[int, _Entry]) -> None:
+    def _step_fitting(self, group: _Group, stepper: StepwiseBackend, chunk: list[Sample],
+                      entry_of: dict[int, _Entry]) -> None:
         """ONE ``backend.step`` over `chunk`; when it runs out of device memory, the chunk is split
         in halves that are retried one after the other (a backend's step leaves its samples as they
         were when it raises), and the group's cap drops to the half so its later steps, and later
@@ -416,7 +407,7 @@ class Engine:
                 continue
             t0 = time.perf_counter()
             try:
-                group.backend.step(part)
+                stepper.step(part)
             except Exception as exc:  # fail only the jobs in this batch; keep serving
                 if is_out_of_memory(exc):
                     release_cached_memory()
@@ -436,7 +427,7 @@ class Engine:
             self._record_step(time.perf_counter() - t0, len(part))
 
     @staticmethod
-    def _finish_fitting(backend: Backend, samples: list[Sample]) -> list["Image"]:
+    def _finish_fitting(backend: StepwiseBackend, samples: list[Sample]) -> list["Image"]:
         """``backend.finish`` (decode) of a job's samples together, or one by one when decoding
         them together runs out of device memory (a single one that does not fit raises)."""
         try:
@@ -449,7 +440,7 @@ class Engine:
         log.warning("out of device memory decoding %d images; decoding one at a time", len(samples))
         return [image for s in samples for image in backend.finish([s])]
 
-    def _emit_previews(self, entry: _Entry, backend: Backend) -> None:
+    def _emit_previews(self, entry: _Entry, backend: StepwiseBackend) -> None:
         for s in entry.samples:
             plan = entry.previews.get(s.index, ())
             sent = entry.partials_sent.get(s.index, 0)
@@ -495,7 +486,7 @@ class Engine:
                 self._finish_ok(group, entry, images)
         metrics.RUNNING_BATCH.set(0)
 
-    def _run_fitting(self, backend: Backend, job: Job, on_step: Any, entry: _Entry) -> list["Image"]:
+    def _run_fitting(self, backend: Backend, job: Job, on_step: StepCallback, entry: _Entry) -> list["Image"]:
         """``backend.run(job)``; when it runs out of device memory with several images, the job is
         run again as two halves. Image i is seeded ``job.seed + i``, so the half starting at image
         k is the same job with ``n`` halved and ``seed + k``: the same images as one run. Partial
@@ -593,8 +584,8 @@ class Engine:
         metrics.ENGINE_SECONDS.observe(now - admitted)
         metrics.IMAGES_GENERATED.labels(model=entry.job.model).inc(len(images))
         timings = {"queue_s": admitted - entry.submitted, "engine_s": now - admitted}
-        tokens = _prompt_tokens(entry.backend, entry.job.prompt)
-        entry.handle._post(JobFinished(images, timings, tokens))
+        tokens = count_prompt_tokens(entry.backend, entry.job.prompt)  # on the worker thread
+        entry.handle._post(JobFinished(images, prompt_tokens=tokens, timings=timings))
 
     # ------------------------------------------------------------------ estimates ------------
     def _record_step(self, seconds: float, batch: int) -> None:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from canvasd.backends.emoji.backend import EmojiBackend
 from canvasd.backends.emoji.model import TextCond, clean_prediction, rgba_uint8_to_model, to_latent
-from canvasd.engine.jobs import Job
+from canvasd.contracts import Job
 from canvasd.training.sheet import contact_sheet
 from canvasd.training.trainset import load_arrays, style_phrase
 

@@ -26,7 +26,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Hashable, Iterator
 
-from canvasd.backends.base import Cancelled, Capabilities, Sample, StepCallback
+from canvasd.backends.base import StepCallback
 from canvasd.backends.diffusers.device import Placement, resolve_placement
 from canvasd.backends.diffusers.inspect import NotAPipelineError, inspect_pipeline_folder
 from canvasd.backends.diffusers.lora import LoraSpec, adapters_for, check_loras, load_adapters, select_adapters
@@ -38,12 +38,13 @@ from canvasd.backends.diffusers.stepwise import (
     x0_of,
 )
 from canvasd.backends.precision import run_denoiser_in_bf16
+from canvasd.contracts import Cancelled, Capabilities, Sample, word_count_tokens
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from PIL.Image import Image
 
-    from canvasd.engine.jobs import Job
+    from canvasd.contracts import Job
 
 log = logging.getLogger("canvasd.backends.diffusers")
 
@@ -278,7 +279,7 @@ class DiffusersBackend:
 
                 self._tokenizer = AutoTokenizer.from_pretrained(self.path / "tokenizer", local_files_only=True)
             if self._tokenizer is None:
-                return len(text.split())
+                return word_count_tokens(text)
             return len(self._tokenizer(text, add_special_tokens=False, truncation=False).input_ids)
 
     @staticmethod

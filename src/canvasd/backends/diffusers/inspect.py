@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from canvasd.backends.base import Capabilities
+from canvasd.contracts import Capabilities
 
 # The families canvasd batches step by step; anything else runs whole-job through its pipeline.
 Family = Literal["sd", "sdxl", "sd3", "flux"]

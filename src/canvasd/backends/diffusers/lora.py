@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
-    from canvasd.engine.jobs import Job
+    from canvasd.contracts import Job
 
 AdapterSet = tuple[tuple[str, float], ...]  # (name, scale) sorted by name; () = base model
 

@@ -10,7 +10,7 @@ from canvasd.backends.diffusers.stepwise import Rows, StepwiseFamily
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from canvasd.engine.jobs import Job
+    from canvasd.contracts import Job
 
 
 class SDFamily(StepwiseFamily):

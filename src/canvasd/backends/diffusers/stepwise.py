@@ -20,12 +20,12 @@ import inspect
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Hashable, Protocol
 
-from canvasd.backends.base import Sample
+from canvasd.contracts import Sample
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from canvasd.engine.jobs import Job
+    from canvasd.contracts import Job
 
 Rows = dict[str, "torch.Tensor"]  # a sample's conditioning: denoiser keyword -> (1, ...) tensor
 

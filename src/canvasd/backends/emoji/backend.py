@@ -11,14 +11,14 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Hashable
 
-from canvasd.backends.base import Capabilities, Sample, StepCallback, run_stepwise
+from canvasd.backends.base import StepCallback, run_stepwise
 from canvasd.backends.emoji.defaults import DEFAULT_GUIDANCE, QUALITY_STEPS
+from canvasd.contracts import Capabilities, Job, Sample
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL.Image import Image
 
     from canvasd.backends.emoji.sampler import EmojiPipeline
-    from canvasd.engine.jobs import Job
 
 PACKAGED_WEIGHTS = Path(__file__).resolve().parent / "weights"
 

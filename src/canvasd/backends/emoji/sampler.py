@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from canvasd.backends.base import Sample
 from canvasd.backends.emoji.defaults import GUIDANCE_MIN_TIMESTEP, ROW_MULTIPLE, SOLVER, SOLVERS, TIMESTEP_SHIFT
 from canvasd.backends.precision import run_denoiser_in_bf16, use_bf16
 from canvasd.backends.emoji.model import (
@@ -34,11 +33,10 @@ from canvasd.backends.emoji.model import (
     shift_timesteps,
     to_latent,
 )
+from canvasd.contracts import Job, Sample
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL.Image import Image
-
-    from canvasd.engine.jobs import Job
 
 # img2img strength when the request gives none: how much of the schedule is re-noised.
 DEFAULT_STRENGTH = {"edit": 0.75, "variation": 0.6, "inpaint": 1.0}
