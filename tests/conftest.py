@@ -18,7 +18,7 @@ import httpx
 import pytest
 from api_support import API_MODEL_ID, ShapeBackend
 
-from canvasd.config import ModelSpec, Settings
+from canvasd.settings import ModelSettings, Settings
 from canvasd.engine.client import EngineClient
 from canvasd.registry import ModelRegistry
 
@@ -33,7 +33,7 @@ def make_settings(tmp: Path, **overrides: Any) -> Settings:
     # torch_threads=1: the test models are tiny, and on a busy 2-core machine two OpenMP threads
     # spin against the other processes and can be dramatically slower than one (up to ~50x); one
     # thread per engine keeps the live-server tests quick and their timing stable.
-    s = Settings(models=[ModelSpec(API_MODEL_ID, "emoji")], image_dir=tmp / "images", url_secret="test-secret",
+    s = Settings(models=[ModelSettings(id=API_MODEL_ID, backend="emoji")], image_dir=tmp / "images", url_secret="test-secret",
                  torch_threads=1)
     for k, v in overrides.items():
         setattr(s, k, v)
@@ -109,7 +109,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory,
         if registry is None:
             backend = backend if backend is not None else api_backend_factory()
             registry = ModelRegistry(settings, {backend.id: backend})
-            settings.models = [ModelSpec(backend.id, "emoji")]
+            settings.models = [ModelSettings(id=backend.id, backend="emoji")]
         server = start_server(settings, registry, engine, backend, wait_ready)
         started.append(server)
         return server

@@ -9,13 +9,13 @@ from PIL import Image
 from canvasd.api import rules
 from canvasd.api.errors import OpenAIError
 from canvasd.api.protocol import input_image_tokens, output_image_tokens
-from canvasd.config import ModelSpec, Settings
+from canvasd.settings import ModelSettings, Settings
 from canvasd.registry import ModelRegistry
 
 
 def registry(**caps) -> ModelRegistry:
     b = ShapeBackend("m", **caps)
-    s = Settings(models=[ModelSpec("m", "emoji")])
+    s = Settings(models=[ModelSettings(id="m", backend="emoji")])
     return ModelRegistry(s, {"m": b})
 
 

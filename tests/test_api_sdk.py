@@ -11,7 +11,7 @@ import pytest
 from openai import AsyncOpenAI, OpenAI
 from PIL import Image
 
-from canvasd.config import EMBEDDED_MODEL_ID  # noqa: F401 - documents what the lead switches to
+from canvasd.settings import EMBEDDED_MODEL_ID  # noqa: F401 - documents what the lead switches to
 
 
 @pytest.fixture(scope="module")

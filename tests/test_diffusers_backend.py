@@ -98,10 +98,10 @@ def test_not_a_pipeline_folder_is_a_clear_error(tmp_path):
 
 
 def test_registry_builds_it(tiny_sd_path):
-    from canvasd.config import ModelSpec
+    from canvasd.settings import ModelSettings
     from canvasd.registry import build_backend
 
-    b = build_backend(ModelSpec(id="x", backend="diffusers", path=str(tiny_sd_path)))
+    b = build_backend(ModelSettings(id="x", backend="diffusers", path=str(tiny_sd_path)))
     assert isinstance(b, DiffusersBackend) and b.id == "x"
 
 
@@ -393,11 +393,11 @@ def test_other_schedulers_stepwise_equals_whole_job_with_x0_previews(
 
 
 async def test_engine_batches_jobs_and_matches_images_made_alone(backend):
-    from canvasd.config import ModelSpec, Settings
+    from canvasd.settings import ModelSettings, Settings
     from canvasd.engine.events import JobFinished, PartialImage
     from canvasd.engine.scheduler import Engine
 
-    settings = Settings(models=[ModelSpec(id="tiny-sd", backend="diffusers")], torch_threads=1)
+    settings = Settings(models=[ModelSettings(id="tiny-sd", backend="diffusers")], torch_threads=1)
     engine = Engine({"tiny-sd": backend}, settings)
     engine.start()
     try:

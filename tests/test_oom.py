@@ -16,7 +16,7 @@ from api_support import ShapeBackend
 from fakes import FakeBackend, FakeWholeJobBackend, seed_colour
 
 from canvasd import metrics
-from canvasd.config import Settings
+from canvasd.settings import Settings
 from canvasd.contracts import Job
 from canvasd.engine.events import JobFailed, JobFinished, OutOfDeviceMemory, PartialImage
 from canvasd.engine.oom import is_out_of_memory

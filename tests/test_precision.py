@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 from canvasd.backends.base import run_stepwise  # noqa: E402
 from canvasd.backends.emoji.backend import PACKAGED_WEIGHTS, EmojiBackend  # noqa: E402
 from canvasd.backends.precision import cpu_has_fast_bf16, use_bf16  # noqa: E402
-from canvasd.config import EMBEDDED_MODEL_ID, ModelSpec, Settings, load_settings  # noqa: E402
+from canvasd.settings import EMBEDDED_MODEL_ID, ModelSettings, Settings, SettingsError, load_settings  # noqa: E402
 from canvasd.contracts import Job  # noqa: E402
 from canvasd.registry import ModelRegistry  # noqa: E402
 
@@ -33,12 +33,12 @@ def test_choices_resolve_and_bad_values_are_refused(monkeypatch):
     monkeypatch.setenv("CANVASD_PRECISION", "fp32")
     assert load_settings().precision == "fp32"
     monkeypatch.setenv("CANVASD_PRECISION", "half")
-    with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16"):
+    with pytest.raises(SettingsError, match="CANVASD_PRECISION: Input should be 'auto', 'fp32' or 'bf16'"):
         load_settings()
 
 
 def test_registry_hands_the_setting_to_each_backend():
-    settings = Settings(models=[ModelSpec(EMBEDDED_MODEL_ID, "emoji")], precision="bf16")
+    settings = Settings(models=[ModelSettings(id=EMBEDDED_MODEL_ID, backend="emoji")], precision="bf16")
     assert ModelRegistry(settings).get(EMBEDDED_MODEL_ID).precision == "bf16"
 
 

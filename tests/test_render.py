@@ -12,7 +12,7 @@ from PIL import Image
 from canvasd.api import render
 from canvasd.api.render import Renderer
 from canvasd.api.rules import OutputOptions
-from canvasd.config import load_settings
+from canvasd.settings import load_settings
 
 
 def out_options(**kw) -> OutputOptions:

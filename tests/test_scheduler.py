@@ -15,7 +15,7 @@ import pytest
 from fakes import FakeBackend, FakeWholeJobBackend, seed_colour
 
 from canvasd import metrics
-from canvasd.config import Settings
+from canvasd.settings import Settings
 from canvasd.contracts import Cancelled, Job
 from canvasd.engine.events import (
     JobFailed,

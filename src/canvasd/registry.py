@@ -9,13 +9,40 @@ import logging
 import threading
 
 from canvasd.backends.base import Backend
-from canvasd.config import ModelSpec, Settings
+from canvasd.settings import ModelSettings, Settings, SettingsError
 from canvasd.contracts import Capabilities
 
 log = logging.getLogger("canvasd.registry")
 
 
-def build_backend(spec: ModelSpec, precision: str = "auto") -> Backend:
+# Per-model settings declared ahead of the work that gives them meaning (devices, memory options,
+# on-demand loading, LoRA, Ray replicas). Until a backend honours one, any value but these is
+# refused at start instead of being ignored; implementing a setting means deleting its row.
+NOT_YET_HONOURED: dict[str, tuple[object, ...]] = {
+    "device": ("auto", "cpu"),  # every backend runs on the CPU
+    "dtype": ("auto",),  # the server-wide `precision` decides
+    "offload": ("none",),
+    "vae_tiling": ("auto",),
+    "preload": (None, True),  # every model loads at start
+    "loras": ([],),
+    "replicas": (None,),
+    "min_replicas": (None,),
+    "max_replicas": (None,),
+    "num_cpus": (None,),
+    "num_gpus": (None,),
+}
+
+
+def check_honoured(spec: ModelSettings) -> None:
+    for field, allowed in NOT_YET_HONOURED.items():
+        value = getattr(spec, field)
+        if value not in allowed:
+            raise SettingsError(f"model {spec.id!r}: {field} = {value!r} is not supported yet "
+                                f"(accepted: {', '.join(repr(a) for a in allowed)})")
+
+
+def build_backend(spec: ModelSettings, precision: str = "auto") -> Backend:
+    check_honoured(spec)
     if spec.backend == "emoji":
         from canvasd.backends.emoji.backend import EmojiBackend
 

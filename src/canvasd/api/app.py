@@ -35,7 +35,7 @@ from canvasd.api.protocol import ImageData, Usage, build_response, compute_usage
 from canvasd.api.render import Renderer, b64
 from canvasd.api.streaming import sse_response
 from canvasd.contracts import Cancelled, word_count_tokens
-from canvasd.config import OPENAI_ALIASES, Settings
+from canvasd.settings import OPENAI_ALIASES, Settings
 from canvasd.engine.client import EngineClient, JobHandle
 from canvasd.engine.events import EngineError, JobTimeout, OutOfDeviceMemory, QueueFull, ShuttingDown
 from canvasd.media.store import Expired, ImageStore, InvalidSignature, NotFound

@@ -33,7 +33,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from canvasd.bench.config import BenchConfig, model_spec
+from canvasd.bench.config import BenchConfig, is_fake, model_spec
 from canvasd.bench.report import machine_info, markdown_table, plot, ratio_table, ratios, scaling_table
 from canvasd.bench.scenarios import run_all
 
@@ -51,8 +51,8 @@ def run_bench(config: BenchConfig | None = None, **overrides: Any) -> dict[str, 
     rows = ratios(results)
     report = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-        "model": {"id": spec.id, "backend": spec.backend, "path": spec.path,
-                  "simulated": spec.backend == "fake"},
+        "model": {"id": spec.id, "backend": "fake" if is_fake(spec) else spec.backend, "path": spec.path,
+                  "simulated": is_fake(spec)},
         "machine": machine_info(),
         "started": started,
         "duration_s": round(time.perf_counter() - t0, 1),
@@ -65,7 +65,7 @@ def run_bench(config: BenchConfig | None = None, **overrides: Any) -> dict[str, 
     stem = out / f"bench-{spec.id}-{started}"
     json_path, png_path = stem.with_suffix(".json"), stem.with_suffix(".png")
     json_path.write_text(json.dumps(report, indent=2))
-    title = f"canvasd bench: {spec.id}" + (" (SIMULATED fake backend)" if spec.backend == "fake" else "")
+    title = f"canvasd bench: {spec.id}" + (" (SIMULATED fake backend)" if is_fake(spec) else "")
     plot(results, png_path, title)
     report["files"] = {"json": str(json_path), "png": str(png_path)}
     print()

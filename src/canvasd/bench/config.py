@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from canvasd.backends.base import Backend
-from canvasd.config import EMBEDDED_MODEL_ID, ModelSpec, Settings
+from canvasd.settings import EMBEDDED_MODEL_ID, ModelSettings, Settings, model_from_arg
 
 SCENARIOS = ("engine", "http", "http-serial")
 SCENARIO_LABELS = {
@@ -103,14 +103,16 @@ def request_body(spec: RequestSpec, cfg: BenchConfig, stream: bool) -> dict[str,
     return body
 
 
-def model_spec(model: str | None) -> ModelSpec:
+def model_spec(model: str | None) -> ModelSettings:
     if model in (None, ""):
-        return ModelSpec(id=EMBEDDED_MODEL_ID, backend="emoji")
+        return ModelSettings(id=EMBEDDED_MODEL_ID, backend="emoji")
     if model == FAKE_MODEL:
-        return ModelSpec(id=FAKE_MODEL, backend="fake")  # type: ignore[arg-type] - bench only
-    from canvasd.cli import parse_model_arg
+        return ModelSettings(id=FAKE_MODEL, backend="emoji")  # the id selects `fake_backend`
+    return model_from_arg(model)
 
-    return parse_model_arg(model)
+
+def is_fake(spec: ModelSettings) -> bool:
+    return spec.id == FAKE_MODEL
 
 
 def fake_backend() -> Backend:
@@ -120,15 +122,15 @@ def fake_backend() -> Backend:
     return FakeBackend(FAKE_MODEL, step_s=0.012, per_sample_s=0.0035)
 
 
-def build_backends(spec: ModelSpec, precision: str = "auto") -> dict[str, Backend]:
-    if spec.backend == "fake":
+def build_backends(spec: ModelSettings, precision: str = "auto") -> dict[str, Backend]:
+    if is_fake(spec):
         return {spec.id: fake_backend()}
     from canvasd.registry import build_backend
 
     return {spec.id: build_backend(spec, precision)}
 
 
-def scenario_settings(cfg: BenchConfig, spec: ModelSpec, batching: bool, image_dir: str) -> Settings:
+def scenario_settings(cfg: BenchConfig, spec: ModelSettings, batching: bool, image_dir: str) -> Settings:
     max_c = max(cfg.concurrency)
     s = Settings(models=[spec], batching=batching, torch_threads=cfg.threads, precision=cfg.precision,
                  max_queue=max(64, 4 * max_c), image_dir=Path(image_dir), api_keys=[BENCH_KEY])

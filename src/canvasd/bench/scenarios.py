@@ -21,13 +21,14 @@ from canvasd.bench.config import (
     BenchConfig,
     RequestSpec,
     build_backends,
+    is_fake,
     request_body,
     request_plan,
     scenario_settings,
 )
 from canvasd.backends.base import StepwiseBackend, as_stepwise
 from canvasd.bench.report import LevelResult, percentiles
-from canvasd.config import ModelSpec, Settings
+from canvasd.settings import ModelSettings, Settings
 from canvasd.contracts import Job
 
 class RssSampler:
@@ -196,7 +197,7 @@ def step_scaling(backend: StepwiseBackend, job: Job, batches: tuple[int, ...] = 
 
 
 @contextlib.asynccontextmanager
-async def open_engine(cfg: BenchConfig, spec: ModelSpec, image_dir: str,
+async def open_engine(cfg: BenchConfig, spec: ModelSettings, image_dir: str,
                       scaling: dict[str, Any]) -> AsyncIterator[Runner]:
     """canvasd without HTTP: the request body goes through the API's own validation into a job,
     and the finished (and partial) images are fitted and encoded by the API's own renderer, so
@@ -248,14 +249,14 @@ async def open_engine(cfg: BenchConfig, spec: ModelSpec, image_dir: str,
         await engine.ashutdown(timeout_s=30)
 
 
-def _create_app(settings: Settings, spec: ModelSpec, factory: str):
+def _create_app(settings: Settings, spec: ModelSettings, factory: str):
     """The API's app factory; backends are injected when the bench model is the fake one."""
     import importlib
     import inspect
 
     module_name, _, attr = factory.partition(":")
     create_app = getattr(importlib.import_module(module_name), attr)
-    if spec.backend != "fake":
+    if not is_fake(spec):
         return create_app(settings)
     params = inspect.signature(create_app).parameters
     backends = build_backends(spec, settings.precision)
@@ -268,7 +269,7 @@ def _create_app(settings: Settings, spec: ModelSpec, factory: str):
     raise RuntimeError("create_app accepts neither backends= nor registry=: cannot serve the fake")
 
 
-def _serve_child(settings: Settings, spec: ModelSpec, factory: str, conn) -> None:  # pragma: no cover
+def _serve_child(settings: Settings, spec: ModelSettings, factory: str, conn) -> None:  # pragma: no cover
     """Child process: bind a free loopback port, report it, serve until the parent says stop.
 
     Stopping over the pipe rather than by SIGTERM lets the process exit normally: uvicorn re-raises
@@ -303,7 +304,7 @@ def _serve_child(settings: Settings, spec: ModelSpec, factory: str, conn) -> Non
 class ServerProcess:
     """A canvasd server in a child process on 127.0.0.1 (stopped over a pipe, then joined)."""
 
-    def __init__(self, settings: Settings, spec: ModelSpec, factory: str):
+    def __init__(self, settings: Settings, spec: ModelSettings, factory: str):
         ctx = mp.get_context("spawn")
         self._conn, child_conn = ctx.Pipe()  # port up, "stop" down; a pipe holds no semaphore
         self.proc = ctx.Process(target=_serve_child, args=(settings, spec, factory, child_conn),
@@ -377,7 +378,7 @@ def http_batch_probe(base_url: str) -> Callable[[], tuple[float, float] | None]:
 
 
 @contextlib.asynccontextmanager
-async def open_http(cfg: BenchConfig, spec: ModelSpec, scenario: str, image_dir: str) -> AsyncIterator[Runner]:
+async def open_http(cfg: BenchConfig, spec: ModelSettings, scenario: str, image_dir: str) -> AsyncIterator[Runner]:
     """A canvasd server in a child process (batching on for "http", off for "http-serial"),
     called with the official SDK; warmed up before it is handed out, stopped on exit."""
     from openai import AsyncOpenAI
@@ -429,7 +430,7 @@ async def open_http(cfg: BenchConfig, spec: ModelSpec, scenario: str, image_dir:
         await asyncio.to_thread(server.stop)
 
 
-async def run_all(cfg: BenchConfig, spec: ModelSpec, scaling: dict[str, Any]) -> list[LevelResult]:
+async def run_all(cfg: BenchConfig, spec: ModelSettings, scaling: dict[str, Any]) -> list[LevelResult]:
     """Start every scenario, then measure level by level, each level in every scenario back to
     back (the order rotating), so machine drift hits all scenarios of a ratio alike."""
     results: list[LevelResult] = []

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Hashable
 
 from canvasd import metrics
 from canvasd.backends.base import Backend, StepCallback, StepwiseBackend, as_stepwise, count_prompt_tokens
-from canvasd.config import Settings
+from canvasd.settings import Settings
 from canvasd.contracts import Cancelled, Job, Sample
 from canvasd.engine.events import (
     Event,

@@ -8,96 +8,99 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperGroup
 
-from canvasd.config import EMBEDDED_MODEL_ID, ModelSpec, Settings, load_settings
+from canvasd.settings import (
+    EMBEDDED_MODEL_ID, ModelSettings, Settings, SettingsError, load_settings, unknown_env_vars,
+)
+from canvasd.cli.options import settings_options
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+def _click_class(name: str) -> type[BaseException]:
+    # typer raises the exceptions of the click it runs on: the `click` package in older releases,
+    # a vendored copy in newer ones. Both are ancestors of the public `typer.BadParameter`.
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == name)
+
+
+ClickException = _click_class("ClickException")
+
+
+class OneLineErrors(TyperGroup):
+    """Bad input (a click usage error, a `SettingsError`) is one line on stderr and exit code 2,
+    never a traceback or a framed panel."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except ClickException as exc:
+            message = exc.format_message()  # type: ignore[attr-defined]
+            if type(exc).__name__ == "NoArgsIsHelpError":  # the help text: not an error to flatten
+                typer.echo(message, err=True)
+            else:
+                message = " ".join(message.replace("Value error, ", "").split())
+                typer.echo(f"canvasd: error: {message}", err=True)
+            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+        except SettingsError as exc:
+            typer.echo(f"canvasd: error: {exc}", err=True)
+            sys.exit(2)
+        except typer.Abort:
+            typer.echo("Aborted.", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, help=__doc__,
+                  pretty_exceptions_enable=False, rich_markup_mode=None)
 
 
 def embedded_weights_dir() -> Path:
-    return Path(__file__).parent / "backends" / "emoji" / "weights"
+    from canvasd.backends.emoji.backend import PACKAGED_WEIGHTS
+
+    return PACKAGED_WEIGHTS
 
 
 def embedded_model_available() -> bool:
     return (embedded_weights_dir() / "config.json").exists()
 
 
-def parse_model_arg(arg: str) -> ModelSpec:
-    """`name=/path/to/folder`: a diffusers pipeline folder, or an emoji-model weights folder."""
-    if "=" not in arg:
-        raise typer.BadParameter(f"--model expects name=/path/to/folder, got {arg!r}")
-    name, path = arg.split("=", 1)
-    folder = Path(path).expanduser()
-    if (folder / "model_index.json").exists():
-        return ModelSpec(id=name, backend="diffusers", path=str(folder))
-    if (folder / "config.json").exists() and (folder / "model.safetensors").exists():
-        return ModelSpec(id=name, backend="emoji", path=str(folder))
-    raise typer.BadParameter(
-        f"{folder} is neither a diffusers pipeline folder (no model_index.json) "
-        "nor a canvasd emoji weights folder (config.json + model.safetensors)"
-    )
-
-
-def build_settings(models: list[str], config: Optional[Path], **overrides) -> Settings:
-    specs = [parse_model_arg(m) for m in models]
-    settings = load_settings(config, models=specs, **overrides)
-    if not settings.models:
-        if not embedded_model_available():
-            typer.echo(
-                "canvasd: no model to serve: the embedded model's weights are not in this "
-                f"install ({embedded_weights_dir()}); pass --model name=/path/to/diffusers-folder",
-                err=True,
-            )
-            raise typer.Exit(2)
-        settings.models.append(ModelSpec(id=EMBEDDED_MODEL_ID, backend="emoji"))
+def build_settings(config: Optional[Path], flags: dict) -> Settings:
+    """The layered settings, refused early when the embedded model is asked for but not installed."""
+    settings = load_settings(config, flags)
+    embedded = [m for m in settings.models if m.backend == "emoji" and m.path is None]
+    if embedded and not embedded_model_available():
+        raise SettingsError(
+            f"model {embedded[0].id!r}: the embedded model's weights are not in this install "
+            f"({embedded_weights_dir()}); pass --model name=/path/to/diffusers-folder")
     return settings
 
 
 ModelOpt = Annotated[
     list[str],
-    typer.Option("--model", "-m", help="name=/path: a local diffusers pipeline (repeatable)."),
+    typer.Option("--model", "-m", help="name=/path[,key=value...]: a local model (repeatable)."),
 ]
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML settings file.")]
+ConfigOpt = Annotated[
+    Optional[Path], typer.Option("--config", help="TOML settings file (default: $CANVASD_CONFIG).")
+]
 
 
 @app.command()
-def serve(
-    model: ModelOpt = [],
-    config: ConfigOpt = None,
-    host: Annotated[Optional[str], typer.Option(help="Bind address (default 127.0.0.1).")] = None,
-    port: Annotated[Optional[int], typer.Option(help="Port (default 8000).")] = None,
-    compat: Annotated[
-        Optional[str], typer.Option(help="permissive (default) or strict (real API's refusals).")
-    ] = None,
-    api_key: Annotated[list[str], typer.Option("--api-key", help="Accepted Bearer key.")] = [],
-    alias: Annotated[
-        list[str], typer.Option("--alias", help="openai-name=local-model (repeatable).")
-    ] = [],
-    public_base_url: Annotated[Optional[str], typer.Option(help="Base of `url` responses.")] = None,
-    max_batch: Annotated[Optional[int], typer.Option(help="Samples per denoising step.")] = None,
-    max_queue: Annotated[Optional[int], typer.Option(help="Images waiting before 429.")] = None,
-    batching: Annotated[
-        Optional[bool], typer.Option("--batching/--no-batching", help="Step-level batching.")
-    ] = None,
-    threads: Annotated[Optional[int], typer.Option(help="Torch threads (default: all).")] = None,
-    precision: Annotated[
-        Optional[str], typer.Option(help="auto (bf16 where the CPU has native bf16), fp32 or bf16.")
-    ] = None,
-    log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
-) -> None:
-    """Serve the OpenAI Images API (the embedded model when no --model is given)."""
-    aliases = dict(a.split("=", 1) for a in alias)
-    settings = build_settings(
-        model, config, host=host, port=port, compat=compat, api_keys=api_key or None,
-        aliases=aliases or None, public_base_url=public_base_url, max_batch=max_batch,
-        max_queue=max_queue, batching=batching, torch_threads=threads, precision=precision,
-    )
+@settings_options
+def serve(config: ConfigOpt = None, **flags) -> None:
+    """Serve the OpenAI Images API (the embedded model when no --model is given).
+
+    Every option is also the environment variable CANVASD_<NAME> and the key <name> of the TOML
+    file; flags win over the environment, which wins over the file."""
+    settings = build_settings(config, flags)
     import uvicorn
 
     from canvasd.api.app import create_app
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    for warning in unknown_env_vars():
+        logging.getLogger("canvasd.settings").warning(warning)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
 
 
 @app.command()
@@ -120,7 +123,7 @@ def generate(
     from canvasd.media.resize import fit_image
     from canvasd.registry import ModelRegistry
 
-    settings = build_settings(model, config)
+    settings = build_settings(config, {"models": [m for m in model]})
     registry = ModelRegistry(settings)
     model_id = settings.default_model
     backend = registry.get(model_id)
