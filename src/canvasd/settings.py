@@ -97,14 +97,14 @@ class LoraSettings(BaseModel):
     scale: float = Field(1.0, description="Adapter weight.")
 
 
-def split_model_arg(arg: str) -> dict[str, str]:
+def split_model_arg(arg: str) -> dict[str, str | None]:
     """`name=/path[,key=value...]` (the --model flag, and the string form in CANVASD_MODELS) as
     the keys of one `ModelSettings`. A path that contains a comma needs the TOML file."""
     head, *rest = arg.split(",")
     if "=" not in head or not head.split("=", 1)[0]:
         raise ValueError(f"expected name=/path[,key=value...], got {arg!r}")
     name, path = head.split("=", 1)
-    out = {"id": name, "path": path}
+    out = {"id": name, "path": path or None}  # `name=` alone: the packaged embedded weights
     for item in rest:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -146,12 +146,12 @@ class ModelSettings(BaseModel):
         None, description="emoji or diffusers; inferred from the folder when omitted.")
     path: str | None = Field(
         None, description="diffusers: the pipeline folder; emoji: a weights folder (none: the packaged weights).")
-    device: Device = Field("auto", description="auto | cpu | cuda | cuda:N | mps | xpu.")
-    dtype: Dtype = Field("auto", description="Weights' dtype: auto | bf16 | fp16 | fp32.")
-    offload: Offload = Field("none", description="CPU offload: none | model | sequential.")
-    vae_tiling: VaeTiling = Field("auto", description="VAE tiling: auto | on | off.")
+    device: Device = Field("auto", description="Device the model runs on (auto: the backend's choice).")
+    dtype: Dtype = Field("auto", description="Dtype of the weights on the device.")
+    offload: Offload = Field("none", description="diffusers' CPU offload of the model's parts.")
+    vae_tiling: VaeTiling = Field("auto", description="VAE tiling (auto: above a size where the decoder would not fit).")
     preload: bool | None = Field(None, description="Load at start (none: only the first model).")
-    loras: list[LoraSettings] = Field(default_factory=list, description="LoRA adapters {name, path, scale}.")
+    loras: list[LoraSettings] = Field(default_factory=list, description="LoRA adapters: tables of name, path (.safetensors) and scale.")
     replicas: int | None = Field(None, ge=1, description="Ray Serve: fixed replica count.")
     min_replicas: int | None = Field(None, ge=0, description="Ray Serve autoscaling: fewest replicas.")
     max_replicas: int | None = Field(None, ge=1, description="Ray Serve autoscaling: most replicas.")
@@ -216,7 +216,7 @@ class Settings(BaseSettings):
                       Flag("--model", "name=/path[,key=value...]", short="-m")] = Field(
         default_factory=lambda: [ModelSettings(id=EMBEDDED_MODEL_ID, backend="emoji")], min_length=1,
         description="Local models: a diffusers pipeline folder (model_index.json) or an emoji weights "
-        "folder; the first is the default (default: the embedded model, canvasd-emoji).")
+        "folder; the first is the default.")
     aliases: Annotated[dict[str, str], NoDecode, BeforeValidator(_name_table),
                        Flag("--alias", "openai-name=local-model")] = Field(
         default_factory=dict,
@@ -297,7 +297,8 @@ def env_name(field: str) -> str:
 
 def flag_of(field: str) -> Flag | None:
     """The repeatable flag a list/table field declares, if any."""
-    return next((m for m in Settings.model_fields[field].metadata if isinstance(m, Flag)), None)
+    info = Settings.model_fields.get(field)
+    return next((m for m in info.metadata if isinstance(m, Flag)), None) if info else None
 
 
 def flag_name(field: str) -> str:

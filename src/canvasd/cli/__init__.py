@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -101,6 +102,24 @@ def serve(config: ConfigOpt = None, **flags) -> None:
     for warning in unknown_env_vars():
         logging.getLogger("canvasd.settings").warning(warning)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+
+
+@app.command("settings")
+@settings_options
+def show_settings(config: ConfigOpt = None, **flags) -> None:
+    """Print the settings `canvasd serve` would run with, given the same options, file and
+    environment (JSON; secrets masked), and exit."""
+    from canvasd.registry import check_honoured
+
+    settings = build_settings(config, flags)
+    for model in settings.models:
+        check_honoured(model)
+    data = settings.model_dump(mode="json")
+    data["api_keys"] = ["***"] * len(settings.api_keys)
+    data["url_secret"] = None if settings.url_secret is None else "***"
+    typer.echo(json.dumps(data, indent=2))
+    for warning in unknown_env_vars():
+        typer.echo(f"canvasd: warning: {warning}", err=True)
 
 
 @app.command()
