@@ -205,6 +205,8 @@ class DiffusersBackend:
         kwargs: dict[str, Any] = {"local_files_only": True, dtype_kw: place.weights_dtype}
         if "safety_checker" in self.info.components:
             kwargs.update(safety_checker=None, requires_safety_checker=False)
+        # components saved as [null, null] (SD3 without its T5 encoder) must be passed as None
+        kwargs.update({name: None for name, (lib, _) in self.info.components.items() if lib is None})
         base = DiffusionPipeline.from_pretrained(self.path, **kwargs)
         if self.loras:
             load_adapters(base, self.loras)
