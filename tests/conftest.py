@@ -117,3 +117,15 @@ def live_server(tmp_path_factory: pytest.TempPathFactory,
     yield start
     for server in started:
         server.stop()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`@pytest.mark.gpu` tests need CUDA: skipped (with the reason) where torch sees none."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (scripts/gpu-check.sh runs the gpu-marked tests)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

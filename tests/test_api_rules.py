@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from api_support import ShapeBackend
 from PIL import Image
@@ -118,3 +120,27 @@ def test_dalle2_edit_without_mask_uses_the_image_alpha():
     p = plan({"model": "dall-e-2"}, endpoint="edits", images=[img])
     assert p.job.mask is not None and p.job.mask.getpixel((5, 5)) == 255 and p.job.mask.getpixel((50, 5)) == 0
     assert plan({"model": "gpt-image-1"}, endpoint="edits", images=[img]).job.mask is None
+
+
+def test_lora_selects_among_the_models_adapters():
+    reg = registry()
+    backend = reg.get("m")
+    backend.capabilities = dataclasses.replace(backend.capabilities, loras=("ink", "neon"))
+    assert plan({"model": "m"}, reg=reg).job.lora is None  # absent: the configured set
+    assert plan({"model": "m", "lora": "ink"}, reg=reg).job.lora == (("ink", None),)
+    assert plan({"model": "m", "lora": []}, reg=reg).job.lora == ()
+    body = {"model": "m", "lora": ["neon", {"name": "ink", "scale": 0.4}]}
+    assert plan(body, reg=reg).job.lora == (("neon", None), ("ink", 0.4))
+    form = plan({"model": "m", "lora": "ink:0.5, neon"}, endpoint="edits", reg=reg,
+                images=[Image.new("RGBA", (64, 64))])
+    assert form.job.lora == (("ink", 0.5), ("neon", None))
+    with pytest.raises(OpenAIError) as err:
+        plan({"model": "m", "lora": "sepia"}, reg=reg)
+    assert err.value.body()["error"]["param"] == "lora" and "'sepia'" in err.value.body()["error"]["message"]
+    assert err.value.status == 400
+    for bad in (3, [{"name": "ink", "scale": "x"}], [{"name": "ink", "weight": 1}], [""]):
+        with pytest.raises(OpenAIError) as err:
+            plan({"model": "m", "lora": bad}, reg=reg)
+        assert err.value.body()["error"]["param"] == "lora"
+    with pytest.raises(OpenAIError, match="lists none"):
+        plan({"model": "m", "lora": "ink"})  # a model without adapters

@@ -16,7 +16,7 @@ pytest.importorskip("diffusers")
 
 from canvasd.backends.base import run_stepwise  # noqa: E402
 from canvasd.backends.diffusers import DiffusersBackend, inspect_pipeline_folder  # noqa: E402
-from canvasd.engine.jobs import Job  # noqa: E402
+from canvasd.contracts import Job  # noqa: E402
 from tiny_pipelines import (  # noqa: E402
     build_tiny_flux_pipeline,
     build_tiny_sd3_pipeline,

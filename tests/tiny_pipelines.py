@@ -295,3 +295,29 @@ def build_tiny_flux_pipeline(path: Path, guidance_embeds: bool = True) -> Path:
                         tokenizer_2=tokenizer_2)
     pipe.save_pretrained(path)
     return path
+
+
+def build_tiny_lora(pipeline: Path, out_file: Path, seed: int = 0, strength: float = 8.0) -> Path:
+    """A LoRA adapter (.safetensors, diffusers' layout) for the tiny SD pipeline's UNet attention.
+
+    Random low-rank factors, scaled up so that the adapter visibly changes a 4-step image."""
+    out_file = Path(out_file)
+    if out_file.exists():
+        return out_file
+    import torch
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_pretrained(Path(pipeline) / "unet")
+    unet.add_adapter(LoraConfig(r=2, lora_alpha=2, init_lora_weights=False,
+                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    with torch.no_grad():
+        for name, param in unet.named_parameters():
+            if "lora_B" in name:
+                param.mul_(strength)
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    StableDiffusionPipeline.save_lora_weights(out_file.parent, unet_lora_layers=layers, weight_name=out_file.name)
+    return out_file

@@ -43,6 +43,7 @@ class Capabilities:
     negative_prompt: bool = True
     max_input_images: int = 16
     max_prompt_tokens: int = 77  # longer prompts are truncated by the text encoder (documented)
+    loras: tuple[str, ...] = ()  # LoRA adapter names a request's `lora` may select
 
 
 @dataclass
@@ -65,6 +66,8 @@ class Job:
     mask: "Image | None" = None  # "L": 255 = repaint, 0 = keep (already converted from alpha)
     transparent: bool = False  # caller wants real alpha in the result
     partial_images: int = 0  # previews to emit while sampling (0..3)
+    # LoRA adapters by name, scale None = the configured one; None = the model's configured set
+    lora: tuple[tuple[str, float | None], ...] | None = None
     id: str = field(default_factory=lambda: "job_" + uuid.uuid4().hex[:16])
     created: float = field(default_factory=time.time)
     cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)

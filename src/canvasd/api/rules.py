@@ -20,7 +20,10 @@ In both modes: keys unknown to the endpoint → ``unknown_parameter``; ``null`` 
 is the measured one: unknown keys → (model) → prompt → images → n → the other parameters.
 
 Extensions (top-level fields, e.g. the SDK's ``extra_body``): `seed`, `num_inference_steps`,
-`guidance_scale`, `negative_prompt`, and on edits/variations `strength`; accepted in both modes.
+`guidance_scale`, `negative_prompt`, `lora`, and on edits/variations `strength`; accepted in both
+modes. `lora` selects among the model's configured LoRA adapters: a name, a list of names and/or
+``{"name", "scale"}`` objects, ``[]`` for none (form fields: ``name`` or ``a:0.8,b``); absent = the
+adapters the model's config lists, at their scales.
 
 Resolutions (documented for the README):
 - quality: ``auto`` → the backend's ``default_quality``; ``standard`` → medium, ``hd`` → high;
@@ -65,7 +68,7 @@ Shape = Literal["gpt", "dall-e-2", "dall-e-3"]
 _GPT_OUTPUT = ("output_format", "output_compression", "background", "moderation", "stream",
                "partial_images", "safety_identifier", "complexity", "frame_count",
                "frame_duration_ms", "svg")
-EXTENSIONS_GEN = ("seed", "num_inference_steps", "guidance_scale", "negative_prompt")
+EXTENSIONS_GEN = ("seed", "num_inference_steps", "guidance_scale", "negative_prompt", "lora")
 EXTENSIONS_EDIT = EXTENSIONS_GEN + ("strength",)
 
 DOCUMENTED: dict[tuple[Endpoint, Source], frozenset[str]] = {
@@ -248,6 +251,44 @@ ImageLoader = Callable[[ImageRules], InputImages]
 
 
 # --- typed accessors ------------------------------------------------------------------------
+
+_LORA_EXPECTED = "an adapter name, or a list of names and {\"name\", \"scale\"} objects"
+
+
+def _lora_request(p: "Params") -> tuple[tuple[str, float | None], ...] | None:
+    """The `lora` extension as (name, scale or None = the configured scale) pairs; None = absent."""
+    v = p.get("lora")
+    if v is None:
+        return None
+    if isinstance(v, str) and p.source == "form":
+        items: list[Any] = []
+        for part in filter(None, (x.strip() for x in v.split(","))):
+            name, _, scale = part.partition(":")
+            if scale:
+                try:
+                    items.append({"name": name.strip(), "scale": float(scale)})
+                except ValueError:
+                    raise E.invalid_type("lora", _LORA_EXPECTED, v, unconvertible="adapter names") from None
+            else:
+                items.append(name.strip())
+        v = items
+    elif isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list):
+        raise E.invalid_type("lora", _LORA_EXPECTED, v)
+    out: list[tuple[str, float | None]] = []
+    for item in v:
+        if isinstance(item, str) and item:
+            out.append((item, None))
+        elif (isinstance(item, dict) and set(item) <= {"name", "scale"} and isinstance(item.get("name"), str)
+              and (item.get("scale") is None or (isinstance(item["scale"], (int, float))
+                                                 and not isinstance(item["scale"], bool)
+                                                 and math.isfinite(item["scale"])))):
+            out.append((item["name"], None if item.get("scale") is None else float(item["scale"])))
+        else:
+            raise E.invalid_type("lora", _LORA_EXPECTED, v)
+    return tuple(out)
+
 
 class Params:
     """The request's top-level fields with OpenAI's type errors. Form values arrive as strings."""
@@ -456,6 +497,7 @@ def validate(
     guidance = p.number("guidance_scale", *GUIDANCE)
     negative = p.string("negative_prompt")
     strength = p.number("strength", *STRENGTH)
+    lora = _lora_request(p)
 
     # 7. cross-field rules
     if output_format == "png" and compression is not None and compression < 100:
@@ -484,6 +526,11 @@ def validate(
     if negative is not None and not caps.negative_prompt:
         raise E.bad_request(f"The model '{target.requested}' does not support 'negative_prompt'.",
                             "negative_prompt", "unsupported_parameter")
+    for name, _ in lora or ():
+        if name not in caps.loras:
+            listed = f"it lists {E.quote_list(caps.loras)}" if caps.loras else "it lists none"
+            raise E.bad_request(f"The model '{target.requested}' has no LoRA adapter '{name}'; {listed}.",
+                                "lora", "invalid_value")
 
     # 9. resolve
     quality = _resolve_quality(quality_req, caps)
@@ -507,7 +554,7 @@ def validate(
         kind={"generations": "generate", "edits": "edit", "variations": "variation"}[endpoint],
         model=target.local_id, prompt=prompt, n=n, width=job_w, height=job_h, steps=steps,
         guidance_scale=caps.default_guidance if guidance is None else guidance, seed=seed,
-        negative_prompt=negative, strength=strength, init_images=init_images, mask=mask,
+        negative_prompt=negative, strength=strength, init_images=init_images, mask=mask, lora=lora,
         transparent=transparent, partial_images=partial_images if stream else 0,
     )
     out = OutputOptions(

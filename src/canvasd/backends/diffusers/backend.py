@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import gc
 import inspect
@@ -151,7 +152,8 @@ class DiffusersBackend:
             raise NotAPipelineError(f"model {model_id!r}: {exc}") from None
         self.loras = check_loras(model_id, loras)
         self.path = self.info.path
-        self.capabilities: Capabilities = self.info.capabilities()
+        self.capabilities: Capabilities = dataclasses.replace(
+            self.info.capabilities(), loras=tuple(spec.name for spec in self.loras))
         self.family: StepwiseFamily | None = family_adapter(self.info.family) if self.info.family else None
         self._pipes: dict[str, Any] = {}  # "text2img" | "img2img" | "inpaint" -> pipeline
         # count_tokens' OWN tokenizer instance: HF tokenizers keep padding/truncation as mutable

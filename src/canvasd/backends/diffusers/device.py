@@ -62,6 +62,8 @@ def resolve_device(name: str) -> "torch.device":
         device = torch.device(name)
         if device.type != "cpu" and not _available(device.type):
             raise ValueError(f"device {name!r} is not available here (torch sees no {device.type})")
+        if device.type in ("cuda", "xpu") and device.index is None:
+            device = torch.device(device.type, 0)  # one name per GPU: "cuda" is "cuda:0"
         return device
     for kind in ("cuda", "xpu", "mps"):
         if _available(kind):

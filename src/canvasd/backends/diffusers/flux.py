@@ -17,7 +17,7 @@ from canvasd.backends.diffusers.stepwise import FlowMatchingFamily, Rows
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from canvasd.engine.jobs import Job
+    from canvasd.contracts import Job
 
 T5_TOKENS = 512  # FluxPipeline's max_sequence_length default
 

@@ -59,7 +59,7 @@ def load_adapters(pipe: Any, loras: Sequence[LoraSpec]) -> None:
     for spec in loras:
         pipe.load_lora_weights(str(spec.path.parent), weight_name=spec.path.name, adapter_name=spec.name)
     if loras:
-        pipe.set_adapters([], adapter_weights=[])
+        pipe.disable_lora()
 
 
 def select_adapters(pipe: Any, loras: Sequence[LoraSpec], wanted: AdapterSet) -> None:
@@ -67,8 +67,7 @@ def select_adapters(pipe: Any, loras: Sequence[LoraSpec], wanted: AdapterSet) ->
     if not loras:
         return
     if wanted:
+        pipe.enable_lora()
         pipe.set_adapters([n for n, _ in wanted], adapter_weights=[s for _, s in wanted])
     else:
         pipe.disable_lora()
-    if wanted:
-        pipe.enable_lora()

@@ -11,7 +11,7 @@ from canvasd.backends.diffusers.stepwise import FlowMatchingFamily, Rows
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from canvasd.engine.jobs import Job
+    from canvasd.contracts import Job
 
 
 class SD3Family(FlowMatchingFamily):

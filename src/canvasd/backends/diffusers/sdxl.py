@@ -12,7 +12,7 @@ from canvasd.backends.diffusers.stepwise import Rows
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from canvasd.engine.jobs import Job
+    from canvasd.contracts import Job
 
 
 class SDXLFamily(SDFamily):
