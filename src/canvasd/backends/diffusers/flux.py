@@ -10,6 +10,9 @@ is part of the batch key besides the size.
 
 from __future__ import annotations
 
+import functools
+import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Hashable
 
 from canvasd.backends.diffusers.stepwise import FlowMatchingFamily, Rows
@@ -34,6 +37,12 @@ def flux_mu(width: int, height: int, vae_scale: int, cfg: Any) -> float:
 
     seq = (height // vae_scale // 2) * (width // vae_scale // 2)
     return calculate_shift(seq, *_shift_config(cfg))
+
+
+@functools.lru_cache(maxsize=32)
+def _scheduler_config(path: Path) -> dict[str, Any]:
+    """The folder's scheduler config (batch_key runs before, and without, the weights)."""
+    return json.loads((path / "scheduler" / "scheduler_config.json").read_text())
 
 
 class FluxFamily(FlowMatchingFamily):
@@ -71,10 +80,7 @@ class FluxFamily(FlowMatchingFamily):
         }
 
     def schedule_key(self, info: Any, job: "Job") -> Hashable:
-        import json
-
-        cfg = json.loads((info.path / "scheduler" / "scheduler_config.json").read_text())
-        return ("mu", round(flux_mu(job.width, job.height, info.vae_scale_factor, cfg), 6))
+        return ("mu", round(flux_mu(job.width, job.height, info.vae_scale_factor, _scheduler_config(info.path)), 6))
 
     def set_timesteps(self, pipe: Any, scheduler: Any, job: "Job", steps: int, device: "torch.device") -> None:
         import numpy as np
