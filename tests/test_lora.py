@@ -116,3 +116,30 @@ def test_bad_adapter_config_is_a_clear_error(files, tmp_path):
 def test_unknown_adapter_in_a_job_is_refused(styled):
     with pytest.raises(ValueError, match="unknown LoRA 'gone'"):
         styled.batch_key(job(lora=(("gone", None),)))
+
+
+def test_openai_sdk_selects_adapters_on_a_live_server(files, live_server):
+    import base64
+    import io
+
+    import openai
+    from openai import OpenAI
+
+    sd, ink, neon = files
+    backend = DiffusersBackend("styled-e2e", str(sd), precision="fp32", device="cpu",
+                               loras=[LoraSpec("ink", ink, 1.0), LoraSpec("neon", neon, 0.5)])
+    srv = live_server(backend=backend, torch_threads=1)
+    client = OpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0, _strict_response_validation=True)
+
+    def generate(**extra) -> np.ndarray:
+        r = client.images.generate(model="styled-e2e", prompt="a cat", size="32x32",
+                                   extra_body={"num_inference_steps": 3, "seed": 5, **extra})
+        return np.asarray(Image.open(io.BytesIO(base64.b64decode(r.data[0].b64_json))), dtype=np.int16)
+
+    base, ink_img = generate(lora=[]), generate(lora="ink")
+    assert not close(base, ink_img)
+    assert close(generate(lora=[{"name": "ink", "scale": 0.0}]), base)
+    assert np.array_equal(generate(lora="ink"), ink_img)
+    with pytest.raises(openai.BadRequestError) as err:
+        generate(lora="sepia")
+    assert err.value.body["param"] == "lora" and "'sepia'" in err.value.body["message"]
