@@ -192,7 +192,6 @@ class DiffusersBackend:
             self._load()
 
     def _load(self) -> None:
-        import torch
         from diffusers import (
             AutoPipelineForImage2Image,
             AutoPipelineForInpainting,
@@ -249,7 +248,6 @@ class DiffusersBackend:
                 self._tokenizer = copy.deepcopy(base.tokenizer)
         log.info("loaded %s (%s) from %s on %s in %s%s", self.id, self.info.class_name, self.path,
                  place.device, place.dtype_name, f", offload {place.offload}" if place.offload != "none" else "")
-        del torch
 
     def unload(self) -> None:
         """Drop the weights (the registry's LRU eviction); `load` brings them back."""
