@@ -143,3 +143,19 @@ def test_openai_sdk_selects_adapters_on_a_live_server(files, live_server):
     with pytest.raises(openai.BadRequestError) as err:
         generate(lora="sepia")
     assert err.value.body["param"] == "lora" and "'sepia'" in err.value.body["message"]
+
+
+def test_model_settings_reach_the_backend(files):
+    from canvasd.registry import build_backend
+    from canvasd.settings import ModelSettings, SettingsError
+
+    sd, ink, _ = files
+    spec = ModelSettings(id="cfg", path=str(sd), device="cpu", dtype="fp32", vae_tiling="on",
+                         loras=[dict(name="ink", path=str(ink), scale=0.7)])
+    b = build_backend(spec)
+    assert (b.device, b.dtype, b.vae_tiling) == ("cpu", "fp32", "on")
+    assert b.capabilities.loras == ("ink",) and b.loras[0].scale == 0.7
+    with pytest.raises(ValueError, match="fp16 is not supported on the CPU"):
+        build_backend(ModelSettings(id="h", path=str(sd), device="cpu", dtype="fp16"))
+    with pytest.raises(SettingsError, match="device = 'cuda:0' is not supported yet"):
+        build_backend(ModelSettings(id="e", backend="emoji", device="cuda:0"))  # the embedded model: CPU only

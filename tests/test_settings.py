@@ -178,7 +178,7 @@ def test_model_table_errors_name_the_model(tmp_path, pipeline_dir):
     toml(tmp_path, f'[[models]]\nid = "a"\npath = "{pipeline_dir}"\n[[models]]\nid = "b"\npath = "{pipeline_dir}"\n'
                    'device = "gpu"\n')
     assert error_of(path, environ={}) == (
-        f"{path}: models #2: device: device must be auto, cpu, cuda, cuda:N, mps or xpu, not 'gpu'")
+        f"{path}: models #2: device: device must be auto, cpu, cuda, cuda:N, mps, xpu or xpu:N, not 'gpu'")
     toml(tmp_path, '[[models]]\nid = "a"\npath = "/no/such/folder"\n')
     assert error_of(path, environ={}) == (
         f"{path}: models #1: /no/such/folder is neither a diffusers pipeline folder (no model_index.json) "

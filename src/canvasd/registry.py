@@ -19,8 +19,8 @@ log = logging.getLogger("canvasd.registry")
 # on-demand loading, LoRA, Ray replicas). Until a backend honours one, any value but these is
 # refused at start instead of being ignored; implementing a setting means deleting its row.
 NOT_YET_HONOURED: dict[str, tuple[object, ...]] = {
-    "device": ("auto", "cpu"),  # every backend runs on the CPU
-    "dtype": ("auto",),  # the server-wide `precision` decides
+    "device": ("auto", "cpu"),  # the embedded model runs on the CPU
+    "dtype": ("auto",),  # the embedded model: the server-wide `precision` decides
     "offload": ("none",),
     "vae_tiling": ("auto",),
     "preload": (None, True),  # every model loads at start
@@ -33,8 +33,16 @@ NOT_YET_HONOURED: dict[str, tuple[object, ...]] = {
 }
 
 
+# Rows of NOT_YET_HONOURED a backend does honour.
+HONOURED_BY: dict[str, frozenset[str]] = {
+    "diffusers": frozenset({"device", "dtype", "offload", "vae_tiling", "loras"}),  # backends/diffusers
+}
+
+
 def check_honoured(spec: ModelSettings) -> None:
     for field, allowed in NOT_YET_HONOURED.items():
+        if field in HONOURED_BY.get(str(spec.backend), frozenset()):
+            continue
         value = getattr(spec, field)
         if value not in allowed:
             raise SettingsError(f"model {spec.id!r}: {field} = {value!r} is not supported yet "
@@ -49,8 +57,12 @@ def build_backend(spec: ModelSettings, precision: str = "auto") -> Backend:
         return EmojiBackend(spec.id, spec.path, precision=precision)
     if spec.backend == "diffusers":
         from canvasd.backends.diffusers import DiffusersBackend
+        from canvasd.backends.diffusers.lora import LoraSpec
 
-        return DiffusersBackend(spec.id, spec.path, precision=precision)
+        return DiffusersBackend(
+            spec.id, spec.path, precision=precision, device=spec.device, dtype=spec.dtype, offload=spec.offload,
+            vae_tiling=spec.vae_tiling, loras=[LoraSpec(lo.name, lo.path, lo.scale) for lo in spec.loras],
+        )
     raise ValueError(f"unknown backend {spec.backend!r} for model {spec.id!r}")
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import difflib
 import json
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
+from canvasd.backends.diffusers.device import check_device
 from canvasd.backends.precision import Precision
 
 # OpenAI model names accepted as aliases. By default each maps to the default (first) local model;
@@ -61,13 +61,7 @@ Compat = Literal["permissive", "strict"]
 BackendName = Literal["emoji", "diffusers"]
 
 
-def _check_device(value: str) -> str:
-    if not re.fullmatch(r"auto|cpu|cuda|cuda:[0-9]+|mps|xpu", value):
-        raise ValueError(f"device must be auto, cpu, cuda, cuda:N, mps or xpu, not {value!r}")
-    return value
-
-
-Device = Annotated[str, AfterValidator(_check_device)]
+Device = Annotated[str, AfterValidator(check_device)]  # the diffusers backend's rule (torch-free)
 Dtype = Literal["auto", "bf16", "fp16", "fp32"]
 Offload = Literal["none", "model", "sequential"]
 VaeTiling = Literal["auto", "on", "off"]
