@@ -223,3 +223,30 @@ def test_flux_without_guidance_embedding_ignores_no_input(tmp_path):
     s = b.start(j)
     assert "guidance" not in s[0].cond
     assert_close(b.run(j, keep_going), (run_together(b, s), b.finish(s))[1])
+
+
+async def test_engine_runs_flux_jobs_of_two_sizes_with_partials(tiny_paths):
+    # different sizes have different shifts: separate batch keys; each image equals the one made alone
+    from canvasd.engine.events import JobFinished, PartialImage
+    from canvasd.engine.scheduler import Engine
+    from canvasd.settings import ModelSettings, Settings
+
+    b = DiffusersBackend("flux", str(tiny_paths["flux"]), precision="fp32", device="cpu")
+    b.load()
+    engine = Engine({"flux": b}, Settings(models=[ModelSettings(id="flux", backend="diffusers")], torch_threads=1))
+    engine.start()
+    small = Job(kind="generate", model="flux", prompt="a red cat", n=2, width=32, height=32, steps=3, seed=8,
+                guidance_scale=3.5, partial_images=1)
+    large = Job(kind="generate", model="flux", prompt="a blue dog", n=1, width=64, height=48, steps=2, seed=2,
+                guidance_scale=3.5)
+    try:
+        hs, hl = engine.submit(small), engine.submit(large)
+        events = [ev async for ev in hs.events()]
+        images_large = await hl.result()
+    finally:
+        engine.shutdown(10)
+    assert [ev.image.size for ev in events if isinstance(ev, PartialImage)] == [(32, 32), (32, 32)]
+    assert isinstance(events[-1], JobFinished)
+    assert_close(events[-1].images, b.run(small, keep_going))
+    assert images_large[0].size == (64, 48)
+    assert_close(images_large, b.run(large, keep_going))
