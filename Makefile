@@ -25,8 +25,10 @@ test: install
 bench: install
 	$(VENV)/bin/canvasd bench
 
+# Builds the dataset when missing, then trains (or resumes) runs/emoji64 for MINUTES of training time.
+MINUTES ?= 60
 train: install
-	$(VENV)/bin/canvasd train
+	$(VENV)/bin/canvasd train --max-minutes $(MINUTES)
 
 eval: install
-	$(VENV)/bin/canvasd eval
+	$(VENV)/bin/canvasd eval report

@@ -12,9 +12,12 @@ from PIL import Image
 
 torch = pytest.importorskip("torch")
 
+from typer.testing import CliRunner  # noqa: E402
+
 from canvasd.backends.emoji.backend import EmojiBackend, EmojiWeightsMissing  # noqa: E402
+from canvasd.cli import app  # noqa: E402
 from canvasd.contracts import Job  # noqa: E402
-from canvasd.training.train import TrainConfig, export, main, train  # noqa: E402
+from canvasd.training.train import TrainConfig, export, train  # noqa: E402
 from canvasd.training.trainset import make_synthetic_dataset  # noqa: E402
 
 
@@ -207,8 +210,7 @@ def test_evaluate_writes_report_and_sheet(trained, tmp_path):
     assert "from pure noise" in (tmp_path / "eval.md").read_text()
 
 
-def test_seed_probe_counts_nearest_concepts_per_seed(trained, tmp_path, capsys):
-    from canvasd.training.eval import main as eval_main
+def test_seed_probe_counts_nearest_concepts_per_seed(trained, tmp_path):
     from canvasd.training.eval import parse_probe, seed_probe
 
     root, _, _ = trained
@@ -228,9 +230,11 @@ def test_seed_probe_counts_nearest_concepts_per_seed(trained, tmp_path, capsys):
     with Image.open(tmp_path / "probe.png") as sheet:  # 2 rows of 3 cells
         assert sheet.format == "PNG" and sheet.width > 3 * 128 and sheet.height > 2 * 128
     # the same seeds again through the CLI: same nearest concepts (seeded)
-    eval_main(["--weights", str(root / "weights"), "--data", str(root / "data"), "--quality", "low",
-               "--probe-sheet", str(tmp_path / "cli.png"), "--probe-seeds", "3", "--probe", "a round disc=shape_0"])
-    out = json.loads(capsys.readouterr().out)
+    result = CliRunner().invoke(app, ["eval", "probe", str(tmp_path / "cli.png"), "--weights", str(root / "weights"),
+                                      "--data-dir", str(root / "data"), "--quality", "low", "--seeds", "3",
+                                      "--probe", "a round disc=shape_0"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
     assert out["prompts"][0]["nearest"] == r["prompts"][0]["nearest"] and (tmp_path / "cli.png").exists()
 
 
@@ -381,7 +385,9 @@ def test_shifted_training_timesteps_reach_the_recipe_and_the_sampler(trained, ba
     assert config["training"]["recipe"]["timestep_shift"] == 3.0
     assert config["sampling"]["timestep_shift"] == 3.0  # the sampler follows the recipe
     assert config["sampling"]["guidance_min_timestep"] == 700  # the export setting, not the code default
-    main(["--export", str(cfg.run_dir / "ckpt.pt"), "--to", str(root / "w-cli"), "--guidance-min-timestep", "650"])
+    result = CliRunner().invoke(app, ["train", "export", str(cfg.run_dir / "ckpt.pt"), "--to", str(root / "w-cli"),
+                                      "--guidance-min-timestep", "650"])
+    assert result.exit_code == 0, result.output
     assert json.loads((root / "w-cli" / "config.json").read_text())["sampling"]["guidance_min_timestep"] == 650
     b = EmojiBackend("canvasd-emoji", str(root / "w-shifted"), precision="fp32")
     b.load()

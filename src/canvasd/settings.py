@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator,
+    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
@@ -145,7 +146,8 @@ class ModelSettings(BaseModel):
     offload: Offload = Field("none", description="diffusers' CPU offload of the model's parts.")
     vae_tiling: VaeTiling = Field("auto", description="VAE tiling (auto: above a size where the decoder would not fit).")
     preload: bool | None = Field(None, description="Load at start (none: only the first model).")
-    loras: list[LoraSettings] = Field(default_factory=list, description="LoRA adapters: tables of name, path (.safetensors) and scale.")
+    loras: list[LoraSettings] = Field(
+        default_factory=list, description="LoRA adapters: tables of name, path (.safetensors) and scale.")
     replicas: int | None = Field(None, ge=1, description="Ray Serve: fixed replica count.")
     min_replicas: int | None = Field(None, ge=0, description="Ray Serve autoscaling: fewest replicas.")
     max_replicas: int | None = Field(None, ge=1, description="Ray Serve autoscaling: most replicas.")
@@ -241,7 +243,8 @@ class Settings(BaseSettings):
     render_threads: int | None = Field(
         None, ge=1, description="Images fitted/encoded at once (none: half the cores, at least 1).")
     max_upload_bytes: int = Field(50 * 1024 * 1024, ge=1, description="Largest uploaded image, bytes.")
-    max_upload_pixels: int = Field(4096 * 4096, ge=1, description="Most pixels of one uploaded image (decompression-bomb guard).")
+    max_upload_pixels: int = Field(
+        4096 * 4096, ge=1, description="Most pixels of one uploaded image (decompression-bomb guard).")
     log_level: LogLevel = Field("info", description="Log level of canvasd and uvicorn.")
 
     @classmethod

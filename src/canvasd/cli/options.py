@@ -48,11 +48,19 @@ def _option(field: str) -> inspect.Parameter:
     return inspect.Parameter(field, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
 
 
-def settings_options(command: F) -> F:
-    """Give `command(**flags)` one option per setting; it receives them as field-name keywords."""
-    own = [p for p in inspect.signature(command, eval_str=True).parameters.values()
-           if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    params = own + [_option(field) for field in Settings.model_fields]
-    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-    command.__annotations__ = {p.name: p.annotation for p in params}
-    return command
+def settings_options(*fields: str) -> Callable[[F], F]:
+    """Give `command(**flags)` one option per setting (all, or `fields`); it receives them as
+    field-name keywords."""
+    unknown = set(fields) - set(Settings.model_fields)
+    if unknown:
+        raise ValueError(f"not settings: {sorted(unknown)}")
+
+    def add_options(command: F) -> F:
+        own = [p for p in inspect.signature(command, eval_str=True).parameters.values()
+               if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        params = own + [_option(field) for field in (fields or Settings.model_fields)]
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return command
+
+    return add_options

@@ -1,7 +1,6 @@
 """Evaluate the emoji model: concept accuracy, diversity, a contact sheet, and speed.
 
-    python -m canvasd.training.eval --weights src/canvasd/backends/emoji/weights \\
-        --data runs/emoji64-data --out runs/eval
+    canvasd eval report --weights src/canvasd/backends/emoji/weights --data-dir data --out runs/eval
 
 Feature space (for nearest-neighbour accuracy and diversity): each image is alpha-composited on mid
 grey and described by (a) its 16x16 colour thumbnail, (b) its 16x16 alpha silhouette and (c) an
@@ -15,7 +14,6 @@ through the same nearest-neighbour lookup, giving the ceiling the generated imag
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -440,47 +438,3 @@ def reconstruction_sheet(weights_dir: str | Path, data_dir: str | Path, out_png:
             labels.append(f"t={t} mse {errors[t][-1]:.3f}")
     contact_sheet(images, labels, cols=len(timesteps) + 1, cell=96).save(out_png)
     return {t: float(np.mean(v)) for t, v in errors.items()}
-
-
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--weights", default=str(Path(__file__).resolve().parents[1] / "backends" / "emoji" / "weights"))
-    ap.add_argument("--data", default="data")
-    ap.add_argument("--data-name", default="emoji64")
-    ap.add_argument("--out", default="runs/eval")
-    ap.add_argument("--max-heldout", type=int, default=256)
-    ap.add_argument("--quality", default="medium")
-    ap.add_argument("--guidance", type=float)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--no-speed", action="store_true")
-    ap.add_argument("--sheet-only", metavar="PNG", help="only write a contact sheet of the paraphrase prompts")
-    ap.add_argument("--recon-sheet", metavar="PNG",
-                    help="only write clean-image predictions of noised training images (a denoising check)")
-    ap.add_argument("--probe-sheet", metavar="PNG",
-                    help="only generate seeds 0..N-1 of the probe prompts and count each image's nearest concept")
-    ap.add_argument("--probe", action="append", metavar="PROMPT=NAME|NAME",
-                    help="a probe prompt and the concepts accepted as its nearest (repeatable; default: the apples)")
-    ap.add_argument("--probe-seeds", type=int, default=16)
-    a = ap.parse_args(argv)
-    if a.probe and not a.probe_sheet:
-        ap.error("--probe needs --probe-sheet")
-    torch.set_num_threads(a.threads)
-    if a.probe_sheet:
-        prompts = [parse_probe(p) for p in a.probe] if a.probe else None
-        r = seed_probe(a.weights, a.data, a.probe_sheet, a.data_name, prompts, a.probe_seeds, a.quality, a.guidance)
-        print(json.dumps(r, indent=2))
-        return
-    if a.recon_sheet:
-        mse = reconstruction_sheet(a.weights, a.data, a.recon_sheet, a.data_name)
-        print(json.dumps({"sheet": a.recon_sheet, "mse_by_timestep": mse}))
-        return
-    if a.sheet_only:
-        print(sheet_only(a.weights, a.sheet_only, a.quality, a.guidance))
-        return
-    r = evaluate(a.weights, a.data, a.out, a.data_name, a.max_heldout, quality=a.quality, guidance=a.guidance,
-                 speed=not a.no_speed)
-    print(to_markdown(r))
-
-
-if __name__ == "__main__":
-    main()

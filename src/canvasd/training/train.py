@@ -1,7 +1,9 @@
 """Train the embedded emoji model: one seeded, resumable, time-budgeted function.
 
-    python -m canvasd.training.train --name emoji64 --max-minutes 90
-    python -m canvasd.training.train --export runs/emoji64/ckpt.pt --to src/canvasd/backends/emoji/weights
+    canvasd train --name emoji64 --max-minutes 90
+    canvasd train export runs/emoji64/ckpt.pt --to src/canvasd/backends/emoji/weights
+
+(the command's options are mapped to `TrainConfig` by `canvasd.cli.training`.)
 
 Recipe: clean-image-prediction DDPM (1000 steps, cosine betas) on pixel-unshuffled 64x64
 premultiplied RGBA, x-MSE weighted by min(snr, 5) + 1 (see `TrainConfig.sample_snr_cap`), AdamW with
@@ -15,7 +17,6 @@ training time and RNG states; running again with the same name resumes.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -35,8 +36,6 @@ from canvasd.backends.emoji.model import (
 )
 from canvasd.backends.precision import cpu_has_fast_bf16
 from canvasd.training.trainset import EmojiData, load_training_data
-
-PACKAGED_WEIGHTS = Path(__file__).resolve().parents[1] / "backends" / "emoji" / "weights"
 
 
 @dataclass
@@ -447,59 +446,3 @@ def train(cfg: TrainConfig, export_to: str | Path | None = None, progress_bar: b
     summary = {"step": step, "loss_ema": loss_ema, "train_minutes": train_seconds / 60, "weights": str(weights)}
     print(json.dumps(summary), flush=True)
     return summary
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--name", default="emoji64")
-    p.add_argument("--data-dir", default="data")
-    p.add_argument("--data-name", default="emoji64")
-    p.add_argument("--runs-dir", default="runs")
-    p.add_argument("--max-minutes", type=float)
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--ckpt-every-minutes", type=float, default=5.0)
-    p.add_argument("--augment-p", type=float, default=0.25)
-    p.add_argument("--prediction-type", choices=("sample", "v_prediction"), default="sample",
-                   help="what the UNet predicts: the clean image (default) or v")
-    p.add_argument("--sample-snr-cap", type=float, default=5.0,
-                   help="prediction-type sample: x-MSE weighted by min(snr, cap) + 1")
-    p.add_argument("--min-snr-gamma", type=float, help="v_prediction: min-SNR loss weighting (default: plain v-MSE)")
-    p.add_argument("--high-noise-p", type=float, default=0.0,
-                   help="fraction of timesteps drawn from the noisier half [T/2, T) (default 0: uniform)")
-    p.add_argument("--timestep-shift", type=float, default=1.0,
-                   help="draw training timesteps shifted to higher noise by this factor (default 1: uniform); "
-                        "exported as the sampler's timestep_shift")
-    p.add_argument("--p-name", type=float, default=0.5, help="probability of captioning with the concept's name")
-    p.add_argument("--warmup-steps", type=int, default=200)
-    p.add_argument("--finetune-from", metavar="CKPT", help="new run from CKPT (a ckpt.pt, or a weights folder) with a fresh lr schedule")
-    p.add_argument("--hflip", action="store_true", help="random horizontal flips (off by default)")
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                   help="bf16 autocast (default: where the CPU has native bf16 kernels)")
-    p.add_argument("--tiny", action="store_true", help="tiny test model")
-    p.add_argument("--export-to", help="weights folder written at the end (default runs/<name>/weights)")
-    p.add_argument("--export", metavar="CKPT", help="only export CKPT's EMA weights to --to")
-    p.add_argument("--to", help="with --export: the weights folder")
-    p.add_argument("--guidance-min-timestep", type=int, default=GUIDANCE_MIN_TIMESTEP,
-                   help="exported sampling.guidance_min_timestep: classifier-free guidance only at timesteps >= this "
-                        f"(default {GUIDANCE_MIN_TIMESTEP}: every step)")
-    a = p.parse_args(argv)
-    if a.export:
-        print(export(a.export, a.to or PACKAGED_WEIGHTS, guidance_min_timestep=a.guidance_min_timestep))
-        return
-    kw = dict(
-        name=a.name, data_dir=a.data_dir, data_name=a.data_name, runs_dir=a.runs_dir, max_minutes=a.max_minutes,
-        max_steps=a.max_steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed, threads=a.threads,
-        ckpt_every_minutes=a.ckpt_every_minutes, augment_p=a.augment_p, hflip=a.hflip,
-        min_snr_gamma=a.min_snr_gamma, sample_snr_cap=a.sample_snr_cap, p_name=a.p_name, high_noise_p=a.high_noise_p, timestep_shift=a.timestep_shift, warmup_steps=a.warmup_steps, finetune_from=a.finetune_from, bf16=a.bf16,
-    )
-    cfg = TrainConfig.tiny(**kw) if a.tiny else TrainConfig(**kw)
-    cfg.model.prediction_type = a.prediction_type
-    train(cfg, export_to=a.export_to, guidance_min_timestep=a.guidance_min_timestep)
-
-
-if __name__ == "__main__":
-    main()

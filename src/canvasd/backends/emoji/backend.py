@@ -36,7 +36,7 @@ class EmojiBackend:
         if not cfg_path.exists() or not (self.weights_dir / "model.safetensors").exists():
             raise EmojiWeightsMissing(
                 f"emoji model weights not found in {self.weights_dir} (need config.json + model.safetensors); "
-                "train them with `python -m canvasd.training.train` or point the model's path at a weights folder"
+                "train them with `canvasd train` or point the model's path at a weights folder"
             )
         self.config = json.loads(cfg_path.read_text())
         sampling = self.config.get("sampling", {})

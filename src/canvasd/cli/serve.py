@@ -1,0 +1,52 @@
+"""`canvasd serve` and `canvasd settings`: their options are the settings schema's fields."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import typer
+
+from canvasd.cli.common import ConfigOpt, build_settings
+from canvasd.cli.options import settings_options
+from canvasd.settings import unknown_env_vars
+
+
+@settings_options()
+def serve(config: ConfigOpt = None, **flags: Any) -> None:
+    """Serve the OpenAI Images API (the embedded model when no --model is given).
+
+    Every option is also the environment variable CANVASD_<NAME> and the key <name> of the TOML
+    file; flags win over the environment, which wins over the file."""
+    settings = build_settings(config, flags)
+    from canvasd.registry import check_honoured
+
+    for model in settings.models:
+        check_honoured(model)
+    import uvicorn
+
+    from canvasd.api.app import create_app
+
+    level = "DEBUG" if settings.log_level == "trace" else settings.log_level.upper()  # trace: uvicorn's own
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    for warning in unknown_env_vars():
+        logging.getLogger("canvasd.settings").warning(warning)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+
+
+@settings_options()
+def show_settings(config: ConfigOpt = None, **flags: Any) -> None:
+    """Print the settings `canvasd serve` would run with, given the same options, file and
+    environment (JSON; secrets masked), and exit."""
+    from canvasd.registry import check_honoured
+
+    settings = build_settings(config, flags)
+    for model in settings.models:
+        check_honoured(model)
+    data = settings.model_dump(mode="json")
+    data["api_keys"] = ["***"] * len(settings.api_keys)
+    data["url_secret"] = None if settings.url_secret is None else "***"
+    typer.echo(json.dumps(data, indent=2))
+    for warning in unknown_env_vars():
+        typer.echo(f"canvasd: warning: {warning}", err=True)
