@@ -61,11 +61,21 @@ def test_every_command_has_help(command):
     (["bench", "--model", "x=/no/such/dir"], "canvasd: error: --model x=/no/such/dir: /no/such/dir is neither"),
     (["train", "export", "/no/such/ckpt.pt"],
      "canvasd: error: Invalid value for 'checkpoint': file '/no/such/ckpt.pt' does not exist."),
+    (["train", "--max-steps", "5", "export", "ckpt.pt"], "canvasd: error: --max-steps is an option of the "
+     "training run, not of `canvasd train export`"),
     (["eval", "recon", "r.png", "--data-dir", "/no/such/data"], "canvasd: error: no dataset 'emoji64' in "
      "/no/such/data: build it with `canvasd train data --data-dir /no/such/data`"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message):
     assert one_line_error(invoke(*args)).startswith(message)
+
+
+def test_a_file_that_is_no_checkpoint_is_one_line(tmp_path):
+    for content in (b"", b"not a checkpoint"):
+        (tmp_path / "ckpt.pt").write_bytes(content)
+        message = one_line_error(invoke("train", "export", str(tmp_path / "ckpt.pt"), "--to", str(tmp_path / "w")))
+        assert message.startswith(f"canvasd: error: {tmp_path / 'ckpt.pt'}: not a canvasd training checkpoint (")
+    assert not (tmp_path / "w").exists()
 
 
 # ------------------------------------------------------------------------------ optional deps --

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from canvasd.registry import NOT_YET_HONOURED
 from canvasd.settings import ModelSettings, Settings, env_name, flag_name
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"  # in a source checkout
 MARKERS = {
     "server": ("<!-- settings:server:begin -->", "<!-- settings:server:end -->"),
     "model": ("<!-- settings:model:begin -->", "<!-- settings:model:end -->"),

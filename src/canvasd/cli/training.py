@@ -77,6 +77,11 @@ def train(
 ) -> None:
     """Train (or resume) the embedded model; the dataset is built first when missing."""
     if ctx.invoked_subcommand is not None:
+        # `canvasd train --max-steps 5 export ...`: the run's options would be silently ignored
+        given = [n for n in ctx.params if ctx.get_parameter_source(n).name != "DEFAULT"]
+        if given:
+            raise CommandError(f"--{given[0].replace('_', '-')} is an option of the training run, "
+                               f"not of `canvasd train {ctx.invoked_subcommand}`")
         return
     require_extra("train")
     cfg = train_config(
@@ -129,8 +134,13 @@ def train_export(
     """Write a checkpoint's EMA weights as a weights folder (no dataset needed)."""
     from canvasd.training.train import export
 
+    import pickle
+
     extra: dict[str, Any] = {} if guidance_min_timestep is None else {"guidance_min_timestep": guidance_min_timestep}
-    typer.echo(str(export(checkpoint, to or _packaged_weights(), **extra)))
+    try:
+        typer.echo(str(export(checkpoint, to or _packaged_weights(), **extra)))
+    except (EOFError, KeyError, RuntimeError, pickle.UnpicklingError) as exc:  # what torch.load raises
+        raise CommandError(f"{checkpoint}: not a canvasd training checkpoint ({type(exc).__name__}: {exc})") from None
 
 
 # ------------------------------------------------------------------------------------ eval ----
