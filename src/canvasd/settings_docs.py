@@ -15,7 +15,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
-from canvasd.registry import NOT_YET_HONOURED
+from canvasd.registry import HONOURED_BY, NOT_YET_HONOURED
 from canvasd.settings import ModelSettings, Settings, env_name, flag_name
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"  # in a source checkout
@@ -67,6 +67,8 @@ def model_table() -> str:
         default = "required" if info.is_required() else _default(ModelSettings, name)
         allowed = NOT_YET_HONOURED.get(name)
         accepted = "any" if allowed is None else ", ".join("none" if a is None else f"`{a}`" for a in allowed)
+        if allowed is not None and (by := sorted(b for b, fields in HONOURED_BY.items() if name in fields)):
+            accepted = f"any on {', '.join(by)}; else {accepted}"
         rows.append(f"| `{name}` | {_type_name(info.annotation)} | {default} | {_cell(info.description)} | {accepted} |")
     return "\n".join(rows)
 
