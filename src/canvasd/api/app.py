@@ -40,6 +40,7 @@ from canvasd.engine.client import EngineClient, JobHandle
 from canvasd.engine.events import EngineError, JobTimeout, OutOfDeviceMemory, QueueFull, ShuttingDown
 from canvasd.media.store import Expired, ImageStore, InvalidSignature, NotFound
 from canvasd.registry import ModelRegistry
+from canvasd.web import mount_playground
 
 log = logging.getLogger("canvasd.api")
 access_log = logging.getLogger("canvasd.access")
@@ -372,14 +373,17 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None,
 
     # --- models ------------------------------------------------------------------------------
     def model_entries() -> list[dict[str, Any]]:
-        entries = [{"id": mid, "object": "model", "created": svc.created, "owned_by": "canvasd"}
+        # `capabilities` is a canvasd extension (SDKs keep unknown fields): what the model honours
+        entries = [{"id": mid, "object": "model", "created": svc.created, "owned_by": "canvasd",
+                    "capabilities": rules.model_abilities(mid, registry, strict)}
                    for mid in registry.backends]
         names = list(OPENAI_ALIASES) + [a for a in settings.aliases if a not in OPENAI_ALIASES]
         for name in names:
             target = registry.resolve(name)
             if target in registry.backends and name not in registry.backends:
                 entries.append({"id": name, "object": "model", "created": svc.created,
-                                "owned_by": "canvasd", "root": target})
+                                "owned_by": "canvasd", "root": target,
+                                "capabilities": rules.model_abilities(name, registry, strict)})
         return entries
 
     async def list_models(request: Request) -> Response:
@@ -414,4 +418,5 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None,
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/ready", ready, methods=["GET"])
     app.add_api_route("/metrics", prometheus, methods=["GET"])
+    mount_playground(app)
     return app

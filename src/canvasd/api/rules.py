@@ -700,3 +700,72 @@ def _resolve_background(requested: str | None, output_format: str, prof: Profile
         return False
     return caps.alpha and output_format in ("png", "webp")
 
+
+# --- what a model honours, for clients (the playground shapes its form with it) ---------------
+
+SIZE_SUGGESTIONS = ((256, 256), (512, 512), (768, 768), (1024, 1024), (1536, 1024), (1024, 1536),
+                    (2048, 2048))
+ENDPOINTS: tuple[Endpoint, ...] = ("generations", "edits", "variations")
+
+
+def model_abilities(requested: str, registry: "ModelRegistry", strict: bool) -> dict[str, Any]:
+    """The `capabilities` extension of a /v1/models entry: which endpoints, parameters, sizes and
+    qualities `validate` would honour for this model name, derived from the same profile table
+    and backend `Capabilities` (so the page never offers what the server then refuses)."""
+    target = resolve_model(requested, registry)
+    prof, caps = target.profile, target.caps
+    endpoints: list[str] = []
+    parameters: dict[str, list[str]] = {}
+    for endpoint in ENDPOINTS:
+        able = caps.text_to_image if endpoint == "generations" else caps.image_to_image
+        if not able or (strict and not target.is_local and endpoint not in prof.endpoints):
+            continue
+        endpoints.append(endpoint)
+        source: Source = "json" if endpoint == "generations" else "form"
+        keys = DOCUMENTED[(endpoint, source)]
+        if strict and not target.is_local:
+            keys = keys & (prof.strict_params[endpoint] | set(EXTENSIONS_EDIT))
+        parameters[endpoint] = sorted(keys)
+    return {
+        "endpoints": endpoints,
+        "parameters": parameters,
+        "sizes": ["auto"] + [s for s in _suggested_sizes(target)],
+        "custom_sizes": prof.sizes is None,
+        "size_multiple": prof.flex.multiple if prof.flex else (1 if caps.upscales else caps.size_multiple),
+        "min_side": 1 if caps.upscales else caps.min_side,
+        "max_side": prof.flex.max_edge if prof.flex else caps.max_side,
+        "native_size": f"{caps.native_size[0]}x{caps.native_size[1]}",
+        "quality": [q for q in prof.quality],
+        "default_quality": caps.default_quality,
+        "quality_steps": dict(caps.quality_steps),
+        "n_max": prof.n_max,
+        "alpha": caps.alpha,
+        "inpaint": caps.inpaint,
+        "negative_prompt": caps.negative_prompt,
+        "max_input_images": min(16, max(1, caps.max_input_images)),
+        "partial_images_max": PARTIAL_IMAGES[1],
+        "steps_range": list(STEPS),
+        "guidance_range": list(GUIDANCE),
+        "default_guidance": caps.default_guidance,
+        "output_formats": list(OUTPUT_FORMATS),
+    }
+
+
+def _suggested_sizes(target: Target) -> list[str]:
+    prof, caps = target.profile, target.caps
+    if prof.sizes is not None:
+        return [s for s in prof.sizes if s != "auto"]
+    out: list[str] = []
+    native = f"{caps.native_size[0]}x{caps.native_size[1]}"
+    if target.is_local:
+        out.append(native)
+    for w, h in SIZE_SUGGESTIONS:
+        try:
+            _resolve_size(f"{w}x{h}", target, "generations", InputImages())
+            if not caps.upscales:
+                _check_generatable(w, h, target)
+        except E.OpenAIError:
+            continue
+        if f"{w}x{h}" not in out:
+            out.append(f"{w}x{h}")
+    return out
