@@ -94,17 +94,6 @@ def cancellations(server) -> float:
     return metric(httpx.get(f"{server.url}/metrics").text, "canvasd_cancellations_total")
 
 
-def test_page_and_assets_are_served_and_unknown_paths_keep_the_openai_404(server):
-    page = httpx.get(f"{server.url}/")
-    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert '<script type="module" src="web/app.js">' in page.text
-    for asset in ("app.js", "api.js", "mask.js", "history.js", "snippets.js", "style.css"):
-        r = httpx.get(f"{server.url}/web/{asset}")
-        assert r.status_code == 200 and len(r.content) > 100, asset
-    missing = httpx.get(f"{server.url}/v1/nothing-here")
-    assert missing.status_code == 404 and "error" in missing.json()
-
-
 def test_partial_images_arrive_before_the_final_one(page: Page):
     fill_generate(page, "a red apple", steps=60, partials=3)
     states: list[str] = []
