@@ -276,6 +276,38 @@ def test_phone_sized_screen(browser, server):
     expect(pg.locator("#model option")).not_to_have_count(0)
     expect(pg.get_by_role("textbox", name="Prompt", exact=True)).to_be_visible()
     expect(pg.get_by_role("button", name="Generate")).to_be_visible()
-    overflow = pg.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
-    assert overflow <= 0
+    # nothing sticks out to the right of a 390 px wide screen (the mobile layout viewport would
+    # silently widen to fit it)
+    widest = pg.evaluate("() => Math.max(...[...document.querySelectorAll('body *')]"
+                         ".filter(e => e.offsetParent !== null).map(e => e.getBoundingClientRect().right))")
+    assert widest <= 390
+    context.close()
+
+
+def test_api_key_kept_in_the_browser_and_out_of_the_copies(browser, live_server, tmp_path):
+    import os
+
+    srv = live_server(api_keys=["sk-playground"])
+    context = browser.new_context()
+    pg = context.new_page()
+    pg.goto(f"{srv.url}/")
+    key = pg.get_by_label("API key")
+    expect(key).to_be_visible()
+    expect(pg.get_by_role("alert")).to_contain_text("API key")  # the server's 401 message
+    key.fill("sk-playground")
+    key.press("Enter")
+    expect(pg.locator("#model option")).not_to_have_count(0)
+    expect(pg.get_by_role("alert")).to_be_hidden()
+    pg.get_by_role("textbox", name="Prompt", exact=True).fill("a key")
+    pg.get_by_role("button", name="Generate").click()
+    pg.locator(FINAL).first.wait_for(timeout=60_000)
+    pg.reload()  # the key stays in this browser
+    expect(pg.locator("#model option")).not_to_have_count(0)
+    expect(pg.get_by_label("API key")).to_have_value("sk-playground")
+    pg.get_by_role("button", name="Copy as curl").click()
+    command = pg.locator("#snippet").inner_text()
+    assert "sk-playground" not in command and "$OPENAI_API_KEY" in command
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "OPENAI_API_KEY": "sk-playground"})
+    assert len(sse_completed_images(done.stdout)) == 1, done.stdout[:300]
     context.close()

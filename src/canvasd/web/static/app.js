@@ -363,6 +363,16 @@ function altText(entry) {
   return entry.prompt || "Variation of the input image";
 }
 
+function caption(entry, i) {
+  const cap = document.createElement("figcaption");
+  const prompt = document.createElement("strong");
+  prompt.textContent = altText(entry);
+  const meta = document.createElement("span");
+  meta.textContent = describe(entry, i);
+  cap.append(prompt, meta);
+  return cap;
+}
+
 function pendingCard(entry, i) {
   const el = document.createElement("figure");
   el.className = "card pending";
@@ -376,9 +386,7 @@ function pendingCard(entry, i) {
   badge.className = "badge";
   badge.textContent = "Waiting";
   box.append(img, badge);
-  const cap = document.createElement("figcaption");
-  cap.textContent = describe(entry, i);
-  el.append(box, cap);
+  el.append(box, caption(entry, i));
   return { el, img, badge, partials: 0, final: false };
 }
 
@@ -413,12 +421,7 @@ function resultCard(entry, i) {
   img.dataset.state = "final";
   img.loading = "lazy";
   box.append(img);
-  const cap = document.createElement("figcaption");
-  const prompt = document.createElement("strong");
-  prompt.textContent = altText(entry);
-  const meta = document.createElement("span");
-  meta.textContent = describe(entry, i);
-  cap.append(prompt, meta);
+  const cap = caption(entry, i);
   const actions = document.createElement("div");
   actions.className = "card-actions";
   const ext = (entry.fields.output_format || "png").replace("jpeg", "jpg");
@@ -502,11 +505,15 @@ function wire() {
   $("quality").addEventListener("change", () => { $("quality").dataset.touched = "1"; });
   $("size").addEventListener("change", () => { $("custom-size-field").hidden = $("size").value !== "custom"; });
   $("api-key").value = state.settings.apiKey || "";
-  $("api-key").addEventListener("change", () => {
+  const applyKey = (e) => {
+    if (e) e.preventDefault();
+    if ((state.settings.apiKey || "") === $("api-key").value.trim() && state.models.length) return;
     state.settings.apiKey = $("api-key").value.trim();
     saveSettings(state.settings);
     refreshModels();
-  });
+  };
+  $("api-key").addEventListener("change", applyKey);
+  $("key-field").addEventListener("submit", applyKey);
   $("files").addEventListener("change", (e) => {
     addInputs(e.target.files);
     e.target.value = "";
