@@ -23,7 +23,7 @@ from web_support import (
     start_embedded_server,
 )
 
-from canvasd.config import EMBEDDED_MODEL_ID
+from canvasd.settings import EMBEDDED_MODEL_ID
 
 pytestmark = [
     pytest.mark.skipif(chromium_path() is None, reason="no chromium on PATH (CI installs Debian's `chromium`)"),

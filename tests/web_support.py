@@ -15,7 +15,7 @@ import httpx
 from conftest import LiveServer, make_settings, start_server
 from PIL import Image
 
-from canvasd.config import EMBEDDED_MODEL_ID, ModelSpec
+from canvasd.settings import EMBEDDED_MODEL_ID, ModelSettings
 from canvasd.registry import ModelRegistry
 
 # Playwright's own browser download cannot run here: tests use Debian's chromium (see .ci/run).
@@ -40,7 +40,7 @@ def launch_chromium(playwright):  # -> playwright Browser
 def start_embedded_server(tmp: Path, **overrides) -> LiveServer:
     """uvicorn on a loopback port serving the packaged embedded model, as `canvasd serve` does."""
     settings = make_settings(tmp, **overrides)
-    settings.models = [ModelSpec(EMBEDDED_MODEL_ID, "emoji")]
+    settings.models = [ModelSettings(id=EMBEDDED_MODEL_ID, backend="emoji")]
     for attempt in range(3):  # a free port can be taken by another process before uvicorn binds it
         try:
             server = start_server(settings, ModelRegistry(settings), wait_ready=False)
