@@ -50,12 +50,14 @@ def test_engine_scenario_on_fake_writes_json_and_plot(tmp_path):
     saved = json.loads(open(report["files"]["json"]).read())
     assert saved["model"]["simulated"] is True
     # The fake's step costs 12 ms + 3.5 ms per image: per-image cost falls with the batch, and the
-    # ceiling at 8 images is 15.5 / (40 / 8) = 3.1x (sleep overshoot keeps it a little lower).
+    # ceiling at 8 images is 15.5 / (40 / 8) = 3.1x. No upper bound: on a loaded machine each sleep
+    # overshoots by a few ms, which weighs most on the one-image step and lifts the ratio (3.4-4.0
+    # seen with other test runs on the same cores).
     scaling = saved["step_scaling"]
     assert list(scaling["step_s"]) == ["1", "2", "4", "8", "16"]
     per_image = [scaling["per_image_step_s"][k] for k in scaling["step_s"]]
     assert per_image == sorted(per_image, reverse=True)
-    assert 2.0 < scaling["ceiling"]["8"] < 3.3
+    assert scaling["ceiling"]["8"] > 2.0
     with Image.open(report["files"]["png"]) as im:
         assert im.format == "PNG" and im.width > 500
 

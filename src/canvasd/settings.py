@@ -102,11 +102,12 @@ def split_model_arg(arg: str) -> dict[str, str | None]:
     out = {"id": name, "path": path or None}  # `name=` alone: the packaged embedded weights
     for item in rest:
         key, sep, value = item.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise ValueError(f"expected key=value after the path, got {item!r} in {arg!r}")
         if key in out:
             raise ValueError(f"{key!r} given twice in {arg!r}")
-        out[key.strip()] = value.strip()
+        out[key] = value.strip()
     return out
 
 
@@ -114,9 +115,9 @@ def model_from_arg(arg: str, source: str = "--model") -> ModelSettings:
     """One `--model name=/path[,key=value...]` as validated settings."""
     try:
         return ModelSettings(**split_model_arg(arg))
-    except (ValueError, ValidationError) as exc:
-        if isinstance(exc, ValidationError):
-            raise SettingsError(_describe(exc, {}, prefix=f"{source} {arg}")) from None
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc, {}, prefix=f"{source} {arg}")) from None
+    except ValueError as exc:  # not even name=/path
         raise SettingsError(f"{source}: {exc}") from None
 
 
