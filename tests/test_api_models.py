@@ -83,5 +83,6 @@ def test_playground_is_served_and_unknown_paths_keep_the_openai_404(server):
     for asset in ("app.js", "api.js", "mask.js", "history.js", "snippets.js", "style.css"):
         r = httpx.get(f"{server.url}/web/{asset}")
         assert r.status_code == 200 and len(r.content) > 100, asset
+        assert r.headers["cache-control"] == "no-cache" and r.headers["etag"]
     missing = httpx.get(f"{server.url}/v1/nothing-here")
     assert missing.status_code == 404 and missing.json()["error"]["message"]

@@ -13,6 +13,16 @@ from fastapi.staticfiles import StaticFiles
 STATIC_DIR = Path(__file__).parent / "static"
 
 
+class RevalidatedFiles(StaticFiles):
+    """Static files the browser revalidates on every load (ETag: cheap 304s), so a server upgrade
+    never runs a stale module beside a new one."""
+
+    def file_response(self, *args, **kwargs):  # type: ignore[override]
+        response = super().file_response(*args, **kwargs)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
+
+
 def mount_playground(app: FastAPI) -> None:
     """GET / is the page; its assets live under /web/. Mounted at /web rather than / so unknown
     paths keep the API's OpenAI-shaped 404."""
@@ -22,4 +32,4 @@ def mount_playground(app: FastAPI) -> None:
         return FileResponse(index, media_type="text/html", headers={"Cache-Control": "no-cache"})
 
     app.add_api_route("/", page, methods=["GET"], include_in_schema=False)
-    app.mount("/web", StaticFiles(directory=STATIC_DIR), name="playground")
+    app.mount("/web", RevalidatedFiles(directory=STATIC_DIR), name="playground")
