@@ -18,6 +18,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
 JobKind = Literal["generate", "edit", "variation"]
 
+MAX_INPUT_IMAGES = 16  # input images one edit may carry (the OpenAI API's limit)
+
+# img2img strength (how much of the schedule an image input is re-noised) when a request gives
+# none, for every backend: the documented defaults.
+DEFAULT_STRENGTH: dict[str, float] = {"edit": 0.75, "variation": 0.6}
+HIGH_FIDELITY_STRENGTH = 0.5  # edits with input_fidelity="high" keep more of the input
+INPAINT_STRENGTH = 1.0  # an edit with a mask repaints its area from pure noise
+
 
 @dataclass(frozen=True)
 class Capabilities:
@@ -41,7 +49,7 @@ class Capabilities:
     default_quality: str = "medium"
     default_guidance: float = 5.0
     negative_prompt: bool = True
-    max_input_images: int = 16
+    max_input_images: int = MAX_INPUT_IMAGES
     max_prompt_tokens: int = 77  # longer prompts are truncated by the text encoder (documented)
     loras: tuple[str, ...] = ()  # LoRA adapter names a request's `lora` may select
 
@@ -78,6 +86,14 @@ class Job:
 
     def cancel(self) -> None:
         self.cancel_event.set()
+
+    def img2img_strength(self) -> float:
+        """`strength` when the job has one, else the default for its kind (see DEFAULT_STRENGTH)."""
+        if self.strength is not None:
+            return float(self.strength)
+        if self.kind == "edit" and self.mask is not None:
+            return INPAINT_STRENGTH
+        return DEFAULT_STRENGTH.get(self.kind, 1.0)
 
     def preview_steps(self, total_steps: int) -> list[int]:
         """Step counts after which a partial image is emitted: evenly spaced, before the end."""

@@ -28,6 +28,8 @@ from typing import IO, Any
 from canvasd.api import errors as E
 from canvasd.api.multipart import MiB, FormBody, UploadedFile
 from canvasd.api.rules import ImageRules, InputImages
+from canvasd.contracts import MAX_INPUT_IMAGES
+from canvasd.media.encode import has_alpha
 
 DATA_URL_MAX = 20_971_520  # ImageRefParam.image_url maxLength
 ALLOWED_MIMES = ("image/jpeg", "image/png", "image/webp")
@@ -109,11 +111,6 @@ def _too_many_pixels(param: str, wh: tuple[int, int] | None, max_pixels: int) ->
         "server accepts.", param, "image_too_large")
 
 
-def has_alpha(img: Any) -> bool:
-    return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        img.mode in ("P", "L", "RGB") and "transparency" in img.info)
-
-
 def _to_rgba(img: Any) -> Any:
     return img if img.mode == "RGBA" else img.convert("RGBA")
 
@@ -146,8 +143,8 @@ def _finish(images: list[tuple[Any, str]], mask: tuple[Any, str] | None, rules: 
 
 
 def _check_count(count: int, rules: ImageRules, param: str) -> None:
-    if count > 16:
-        raise E.array_too_long(param, 16, count)
+    if count > MAX_INPUT_IMAGES:
+        raise E.array_too_long(param, MAX_INPUT_IMAGES, count)
     if count > rules.max_images:
         if rules.max_images == 1:
             raise E.array_too_long(param, 1, count)

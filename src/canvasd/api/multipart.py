@@ -17,12 +17,13 @@ from typing import IO, Any, AsyncIterator
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from canvasd.api import errors as E
+from canvasd.contracts import MAX_INPUT_IMAGES
 
 MiB = 1024 * 1024
 SPOOL_BYTES = 1 * MiB  # a file part stays in RAM up to this, then spills to disk
 TEXT_PART_MAX = 256 * 1024  # a text field (prompt ≤ 32000 chars fits many times over)
 MAX_TEXT_PARTS = 64
-MAX_FILE_PARTS = 40  # beyond the 16 images + mask + markup: refuse, do not store
+MAX_FILE_PARTS = 40  # well beyond MAX_INPUT_IMAGES + mask + markup: refuse, do not store
 DRAIN_MAX = 256 * MiB  # after a refusal, discard at most this much more before answering
 JSON_BODY_MAX = 4 * MiB  # generations (no images)
 
@@ -124,7 +125,7 @@ class _FormCollector:
             if base == "image":
                 self._n_images += 1
             if self._n_files > MAX_FILE_PARTS:
-                self._fail(E.array_too_long("image", 16, self._n_images))
+                self._fail(E.array_too_long("image", MAX_INPUT_IMAGES, self._n_images))
                 return
             ctype = self._headers.get(b"content-type")
             self._file = UploadedFile(

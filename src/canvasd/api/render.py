@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import os
 import time
 import weakref
 from typing import TYPE_CHECKING
@@ -19,6 +18,7 @@ import anyio
 
 from canvasd import metrics
 from canvasd.api.rules import OutputOptions
+from canvasd.host import usable_cores
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL.Image import Image
@@ -39,11 +39,7 @@ def render_one(image: "Image", out: OutputOptions) -> bytes:
 
 
 def default_render_threads() -> int:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // 2)
+    return max(1, usable_cores() // 2)
 
 
 class Renderer:

@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from canvasd.api import errors as E
-from canvasd.contracts import Capabilities, Job
+from canvasd.contracts import HIGH_FIDELITY_STRENGTH, MAX_INPUT_IMAGES, Capabilities, Job
 from canvasd.media.inputs import fit_input, repaint_mask
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -98,7 +98,7 @@ _DALLE3_GEN = _DALLE2_GEN | {"style"}
 FIXED_SIZES = ("1024x1024", "1024x1536", "1536x1024")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FlexSize:
     """gpt-image-2 style free WxH (spec §2 size row)."""
 
@@ -109,7 +109,7 @@ class FlexSize:
     max_pixels: int = 8_294_400
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Profile:
     name: str
     shape: Shape
@@ -131,30 +131,36 @@ _GPT_PARAMS = {"generations": _GPT_GEN, "edits": _GPT_EDIT}
 _GPT_QUALITY = ("low", "medium", "high", "auto")
 
 GPT_FIXED = Profile(
-    "gpt-image", "gpt", 32000, 10, _GPT_QUALITY, FIXED_SIZES + ("auto",), None,
-    frozenset(("generations", "edits")), _GPT_PARAMS)
+    name="gpt-image", shape="gpt", prompt_max=32000, n_max=10, quality=_GPT_QUALITY,
+    sizes=FIXED_SIZES + ("auto",), flex=None, endpoints=frozenset(("generations", "edits")),
+    strict_params=_GPT_PARAMS)
 GPT_MINI = Profile(
-    "gpt-image-1-mini", "gpt", 32000, 10, _GPT_QUALITY, FIXED_SIZES + ("auto",), None,
-    frozenset(("generations", "edits")), _GPT_PARAMS, input_fidelity=("low",))
+    name="gpt-image-1-mini", shape="gpt", prompt_max=32000, n_max=10, quality=_GPT_QUALITY,
+    sizes=FIXED_SIZES + ("auto",), flex=None, endpoints=frozenset(("generations", "edits")),
+    strict_params=_GPT_PARAMS, input_fidelity=("low",))
 GPT_2 = Profile(
-    "gpt-image-2", "gpt", 32000, 10, _GPT_QUALITY + ("xhigh", "max"), None, FlexSize(),
-    frozenset(("generations", "edits")), _GPT_PARAMS, input_fidelity=None,
-    strict_quality_refused=("xhigh", "max"))
+    name="gpt-image-2", shape="gpt", prompt_max=32000, n_max=10, quality=_GPT_QUALITY + ("xhigh", "max"),
+    sizes=None, flex=FlexSize(), endpoints=frozenset(("generations", "edits")),
+    strict_params=_GPT_PARAMS, input_fidelity=None, strict_quality_refused=("xhigh", "max"))
 GPT_25 = Profile(
-    "gpt-image-2.5", "gpt", 32000, 10, ("low", "medium", "high", "xhigh", "max", "auto"), None,
-    FlexSize(), frozenset(("generations", "edits")), _GPT_PARAMS)
+    name="gpt-image-2.5", shape="gpt", prompt_max=32000, n_max=10,
+    quality=("low", "medium", "high", "xhigh", "max", "auto"), sizes=None, flex=FlexSize(),
+    endpoints=frozenset(("generations", "edits")), strict_params=_GPT_PARAMS)
 DALLE2 = Profile(
-    "dall-e-2", "dall-e-2", 1000, 10, ("standard", "auto"), ("256x256", "512x512", "1024x1024"),
-    None, frozenset(("generations", "edits", "variations")),
-    {"generations": _DALLE2_GEN, "edits": _DALLE2_EDIT, "variations": _DALLE2_VAR},
+    name="dall-e-2", shape="dall-e-2", prompt_max=1000, n_max=10, quality=("standard", "auto"),
+    sizes=("256x256", "512x512", "1024x1024"), flex=None,
+    endpoints=frozenset(("generations", "edits", "variations")),
+    strict_params={"generations": _DALLE2_GEN, "edits": _DALLE2_EDIT, "variations": _DALLE2_VAR},
     response_format_default="url", input_fidelity=None, json_edits=False, dalle2_uploads=True)
 DALLE3 = Profile(
-    "dall-e-3", "dall-e-3", 4000, 1, ("standard", "hd", "auto"), ("1024x1024", "1792x1024", "1024x1792"),
-    None, frozenset(("generations",)), {"generations": _DALLE3_GEN},
+    name="dall-e-3", shape="dall-e-3", prompt_max=4000, n_max=1, quality=("standard", "hd", "auto"),
+    sizes=("1024x1024", "1792x1024", "1024x1792"), flex=None, endpoints=frozenset(("generations",)),
+    strict_params={"generations": _DALLE3_GEN},
     response_format_default="url", input_fidelity=None, json_edits=False)
 LOCAL = Profile(
-    "local", "gpt", 32000, 10, ("low", "medium", "high", "auto", "standard", "hd", "xhigh", "max"),
-    None, None, frozenset(("generations", "edits", "variations")), {})
+    name="local", shape="gpt", prompt_max=32000, n_max=10,
+    quality=("low", "medium", "high", "auto", "standard", "hd", "xhigh", "max"),
+    sizes=None, flex=None, endpoints=frozenset(("generations", "edits", "variations")), strict_params={})
 
 PROFILES: dict[str, Profile] = {
     "gpt-image-1": GPT_FIXED,
@@ -205,7 +211,7 @@ class InputImages:
     mask: "Image | None" = None  # RGBA as uploaded (alpha 0 = repaint)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ImageRules:
     """What the upload step must enforce for this request."""
 
@@ -455,12 +461,13 @@ def validate(
     if endpoint != "generations":
         if load_images is None:  # pragma: no cover - programming error
             raise RuntimeError("edits/variations need an image loader")
-        max_images = 1 if endpoint == "variations" else min(16, max(1, caps.max_input_images))
+        max_images = 1 if endpoint == "variations" else min(MAX_INPUT_IMAGES, max(1, caps.max_input_images))
         dalle2 = strict and prof.dalle2_uploads
         if dalle2 and endpoint == "edits":
             max_images = 1
-        inputs = load_images(ImageRules(endpoint, source, strict, max_images, dalle2,
-                                        max_upload_bytes, max_upload_pixels))
+        inputs = load_images(ImageRules(
+            endpoint=endpoint, source=source, strict=strict, max_images=max_images, dalle2=dalle2,
+            max_bytes=max_upload_bytes, max_pixels=max_upload_pixels))
 
     # dall-e-2's documented edit rule: without a mask, the image's own transparent pixels are the
     # area to edit
@@ -545,7 +552,7 @@ def validate(
     if seed is None:
         seed = secrets.randbelow(2**31)
     if strength is None and fidelity == "high" and endpoint == "edits":
-        strength = 0.5
+        strength = HIGH_FIDELITY_STRENGTH
 
     init_images = [fit_input(im, job_w, job_h) for im in inputs.images]
     mask = repaint_mask(inputs.mask, job_w, job_h) if inputs.mask is not None else None

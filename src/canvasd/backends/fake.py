@@ -18,7 +18,7 @@ from typing import Callable, Hashable
 from PIL import Image
 
 from canvasd.backends.base import StepCallback, run_stepwise
-from canvasd.contracts import Cancelled, Capabilities, Job, Sample
+from canvasd.contracts import Cancelled, Capabilities, Job, Sample, word_count_tokens
 
 
 def seed_colour(seed: int) -> tuple[int, int, int]:
@@ -135,7 +135,7 @@ class FakeBackend:
         return run_stepwise(self, job, on_step)
 
     def count_tokens(self, text: str) -> int:
-        return len(text.split())
+        return word_count_tokens(text)
 
     # --- helpers for assertions --------------------------------------------------------------
     def jobs_in(self, batch: list[tuple[str, int, int]]) -> set[str]:
@@ -183,4 +183,4 @@ class FakeWholeJobBackend:
                 self._active -= 1
 
     def count_tokens(self, text: str) -> int:
-        return len(text.split())
+        return word_count_tokens(text)

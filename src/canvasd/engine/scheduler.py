@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import sys
 import threading
 import time
@@ -57,6 +56,7 @@ from canvasd.engine.events import (
     ShuttingDown,
 )
 from canvasd.engine.oom import is_out_of_memory, release_cached_memory
+from canvasd.host import usable_cores
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL.Image import Image
@@ -66,13 +66,6 @@ log = logging.getLogger("canvasd.engine")
 _WHOLE_JOB = "__whole_job__"  # batch key of non-stepwise backends: one job per turn
 _EWMA = 0.2  # weight of the newest step in the step-time / batch-size averages
 _IDLE_WAIT_S = 1.0  # the worker re-checks deadlines at least this often when idle
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 class LocalJobHandle:

@@ -79,20 +79,21 @@ def encode_image(
 def _with_alpha(image: Image.Image) -> Image.Image:
     """RGBA if the image has alpha, else RGB (an opaque alpha plane only costs bytes); always a
     new image, so clearing its `info` leaves the caller's untouched."""
-    mode = "RGBA" if _has_alpha(image) else "RGB"
+    mode = "RGBA" if has_alpha(image) else "RGB"
     return image.convert(mode) if image.mode != mode else image.copy()
 
 
 def _flatten_on_white(image: Image.Image) -> Image.Image:
     """RGB: alpha (if any) composited over opaque white."""
-    if not _has_alpha(image):
+    if not has_alpha(image):
         return image.convert("RGB") if image.mode != "RGB" else image.copy()
     rgba = image.convert("RGBA")
     white = Image.new("RGBA", rgba.size, _WHITE)
     return Image.alpha_composite(white, rgba).convert("RGB")
 
 
-def _has_alpha(image: Image.Image) -> bool:
+def has_alpha(image: Image.Image) -> bool:
+    """Whether the image carries transparency: an alpha band, or a transparency key."""
     return image.mode in ("RGBA", "LA", "La", "RGBa", "PA") or (
         image.mode in ("P", "L", "RGB") and "transparency" in image.info
     )

@@ -49,8 +49,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("canvasd.backends.diffusers")
 
-# img2img strength when the request did not resolve one (OpenAI has no such parameter).
-DEFAULT_STRENGTH = {"edit": 0.8, "variation": 0.7, "inpaint": 1.0}
 VAE_TILING = ("auto", "on", "off")
 # `vae_tiling = auto`: decode in tiles above this many output pixels. The full-resolution decoder
 # blocks hold ~128-channel activations of every pixel several times over (~4 KiB a pixel in fp16
@@ -293,12 +291,6 @@ class DiffusersBackend:
         return "img2img"
 
     @staticmethod
-    def _strength(job: "Job", task: str) -> float:
-        if job.strength is not None:
-            return float(job.strength)
-        return DEFAULT_STRENGTH["inpaint" if task == "inpaint" else job.kind]
-
-    @staticmethod
     def _steps_for(job: "Job", strength: float | None) -> int:
         """Steps such that img2img's int(steps * strength) runs at least one."""
         if strength is None or strength <= 0:
@@ -371,7 +363,7 @@ class DiffusersBackend:
                 "output_type": "pil",
             }
             if task != "text2img":
-                strength = self._strength(job, task)
+                strength = job.img2img_strength()
                 steps = self._steps_for(job, strength)
                 args.update(image=_init_rgb(job), strength=strength, num_inference_steps=steps)
                 if task == "inpaint":
@@ -413,7 +405,7 @@ class DiffusersBackend:
         with self._lock, torch.no_grad():
             pipe = self.pipe("text2img")
             self._use_adapters(job)
-            strength = None if task == "text2img" else self._strength(job, task)
+            strength = None if task == "text2img" else job.img2img_strength()
             steps = self._steps_for(job, strength)
             init = mask = None
             if task != "text2img":

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Hashable
 
 from canvasd.backends.base import StepCallback, run_stepwise
-from canvasd.backends.emoji.defaults import DEFAULT_GUIDANCE, QUALITY_STEPS
+from canvasd.backends.emoji.defaults import DEFAULT_GUIDANCE, PACKAGED_WEIGHTS, QUALITY_STEPS
 from canvasd.contracts import Capabilities, Job, Sample
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -20,7 +20,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from canvasd.backends.emoji.sampler import EmojiPipeline
 
-PACKAGED_WEIGHTS = Path(__file__).resolve().parent / "weights"
 
 
 class EmojiWeightsMissing(FileNotFoundError):

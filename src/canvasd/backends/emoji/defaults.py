@@ -1,6 +1,11 @@
-"""Sampling defaults of the emoji model, torch-free: the backend reads them for capabilities before
+"""Where the packaged weights live, and the sampling defaults of the emoji model, torch-free: the backend reads them for capabilities before
 any model is loaded, the sampler uses them, and `training.train.export` writes them into a weights
 folder's config.json (whose `sampling` block overrides them)."""
+
+from pathlib import Path
+
+# The weights shipped inside the package (the embedded model's default `path`).
+PACKAGED_WEIGHTS = Path(__file__).resolve().parent / "weights"
 
 # quality -> DPM-Solver++(2M) steps. 64 px images converge fast; measured in MODEL_CARD.md.
 QUALITY_STEPS = {"low": 8, "medium": 14, "high": 28}

@@ -38,18 +38,6 @@ from canvasd.contracts import Job, Sample
 if TYPE_CHECKING:  # pragma: no cover
     from PIL.Image import Image
 
-# img2img strength when the request gives none: how much of the schedule is re-noised.
-DEFAULT_STRENGTH = {"edit": 0.75, "variation": 0.6, "inpaint": 1.0}
-
-
-def default_strength(job: "Job") -> float:
-    if job.strength is not None:
-        return float(job.strength)
-    if job.kind == "edit" and job.mask is not None:
-        return DEFAULT_STRENGTH["inpaint"]
-    return DEFAULT_STRENGTH.get(job.kind, 1.0)
-
-
 def make_scheduler(mcfg: ModelConfig, clip_x0: bool = True, solver: str = SOLVER):
     """DPM-Solver++(2M), deterministic ("dpmsolver++") or stochastic ("sde-dpmsolver++": fresh
     noise at every step, drawn from the sample's own seeded generator, so seeds stay reproducible
@@ -172,7 +160,7 @@ class EmojiPipeline:
         if job.init_images:
             init_rgba = load_rgba64(job.init_images[0], size)
             init = to_latent(rgba_uint8_to_model(init_rgba[None]), patch)
-            strength = min(1.0, max(default_strength(job), 0.0))
+            strength = min(1.0, max(job.img2img_strength(), 0.0))
             if job.mask is not None:
                 keep_np = load_keep_mask(job.mask, size)
                 keep = torch.from_numpy(keep_np.astype(np.float32))[None, None]
