@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from PIL import Image, ImageDraw
 
-from canvasd.backends.fake import FakeBackend
 from canvasd.contracts import Capabilities, Job, Sample
+from canvasd.testing.fakes import FakeBackend
 
 API_MODEL_ID = "test-model"
 

@@ -7,20 +7,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("diffusers")
-
-from canvasd.backends.base import run_stepwise  # noqa: E402
-from canvasd.backends.diffusers import (  # noqa: E402
+from canvasd.backends.base import run_stepwise
+from canvasd.backends.diffusers import (
     DiffusersBackend,
     DiffusersSample,
     NotAPipelineError,
 )
-from canvasd.backends.diffusers.stepwise import x0_of  # noqa: E402
-from canvasd.contracts import Cancelled, Job  # noqa: E402
-from tiny_pipelines import build_tiny_sd_pipeline, with_scheduler, write_not_a_pipeline  # noqa: E402
+from canvasd.backends.diffusers.stepwise import x0_of
+from canvasd.contracts import Cancelled, Job
+from tiny_pipelines import build_tiny_sd_pipeline, with_scheduler, write_not_a_pipeline
 
 # diffusers' schedulers call np.array(tensor, copy=False) under numpy 2: noise, not our concern
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

@@ -31,10 +31,7 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("diffusers")
-
-from e2e_support import (  # noqa: E402
+from e2e_support import (
     EMOJI_MODEL_ID,
     SD_MODEL_ID,
     decode,
@@ -44,7 +41,9 @@ from e2e_support import (  # noqa: E402
     metric,
     write_tiny_emoji_weights,
 )
-from tiny_pipelines import build_tiny_sd_pipeline  # noqa: E402
+from tiny_pipelines import build_tiny_sd_pipeline
+
+from canvasd.backends.emoji.backend import EmojiBackend
 
 # diffusers' schedulers call np.array(tensor, copy=False) under numpy 2; the SDK deprecates
 # create_variation (the hosted endpoint is retired): noise, not our concern
@@ -72,9 +71,8 @@ class Model:
 @pytest.fixture(scope="module", params=["emoji", "diffusers"])
 def model(request, tmp_path_factory) -> Model:
     if request.param == "emoji":
-        emoji = pytest.importorskip("canvasd.backends.emoji.backend")
         weights = write_tiny_emoji_weights(tmp_path_factory.mktemp("load-emoji") / "weights")
-        return Model(EMOJI_MODEL_ID, emoji.EmojiBackend(EMOJI_MODEL_ID, str(weights), precision=PRECISION), True,
+        return Model(EMOJI_MODEL_ID, EmojiBackend(EMOJI_MODEL_ID, str(weights), precision=PRECISION), True,
                      ((64, 64), (96, 96), (128, 128)))
     from canvasd.backends.diffusers import DiffusersBackend
 

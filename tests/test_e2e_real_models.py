@@ -26,10 +26,7 @@ import openai
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("diffusers")
-
-from e2e_support import (  # noqa: E402
+from e2e_support import (
     EMOJI_MODEL_ID,
     SD_MODEL_ID,
     decode,
@@ -38,7 +35,7 @@ from e2e_support import (  # noqa: E402
     max_visible_diff,
     write_tiny_emoji_weights,
 )
-from tiny_pipelines import build_tiny_sd_pipeline  # noqa: E402
+from tiny_pipelines import build_tiny_sd_pipeline
 
 # diffusers' schedulers call np.array(tensor, copy=False) under numpy 2: noise, not our concern
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -73,7 +70,6 @@ def _sdk(url: str) -> OpenAI:
 
 @pytest.fixture(scope="session")
 def tiny_emoji_weights(tmp_path_factory):
-    pytest.importorskip("canvasd.backends.emoji.backend")
     return write_tiny_emoji_weights(tmp_path_factory.mktemp("tiny-emoji") / "weights")
 
 

@@ -8,17 +8,15 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from train_support import make_synthetic_dataset
+from typer.testing import CliRunner
 
-torch = pytest.importorskip("torch")
-
-from typer.testing import CliRunner  # noqa: E402
-
-from canvasd.backends.emoji.backend import EmojiBackend, EmojiWeightsMissing  # noqa: E402
-from canvasd.cli import app  # noqa: E402
-from canvasd.contracts import Job  # noqa: E402
-from canvasd.training.train import TrainConfig, export, train  # noqa: E402
-from canvasd.training.trainset import make_synthetic_dataset  # noqa: E402
+from canvasd.backends.emoji.backend import EmojiBackend, EmojiWeightsMissing
+from canvasd.cli import app
+from canvasd.contracts import Job
+from canvasd.training.train import TrainConfig, export, train
 
 
 @pytest.fixture(scope="module")

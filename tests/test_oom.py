@@ -13,7 +13,6 @@ import openai
 import pytest
 import torch
 from api_support import ShapeBackend
-from fakes import FakeBackend, FakeWholeJobBackend, seed_colour
 
 from canvasd import metrics
 from canvasd.settings import Settings
@@ -21,6 +20,7 @@ from canvasd.contracts import Job
 from canvasd.engine.events import JobFailed, JobFinished, OutOfDeviceMemory, PartialImage
 from canvasd.engine.oom import is_out_of_memory
 from canvasd.engine.scheduler import Engine
+from canvasd.testing.fakes import FakeBackend, FakeWholeJobBackend, seed_colour
 
 
 def test_torch_oom_types_are_one():

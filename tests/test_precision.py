@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from canvasd.backends.base import run_stepwise  # noqa: E402
-from canvasd.backends.emoji.backend import PACKAGED_WEIGHTS, EmojiBackend  # noqa: E402
-from canvasd.backends.precision import cpu_has_fast_bf16, use_bf16  # noqa: E402
-from canvasd.settings import EMBEDDED_MODEL_ID, ModelSettings, Settings, SettingsError, load_settings  # noqa: E402
-from canvasd.contracts import Job  # noqa: E402
-from canvasd.registry import ModelRegistry  # noqa: E402
+from canvasd.backends.base import run_stepwise
+from canvasd.backends.emoji.backend import PACKAGED_WEIGHTS, EmojiBackend
+from canvasd.backends.precision import cpu_has_fast_bf16, use_bf16
+from canvasd.contracts import Job
+from canvasd.registry import ModelRegistry
+from canvasd.settings import EMBEDDED_MODEL_ID, ModelSettings, Settings, SettingsError, load_settings
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -122,7 +121,6 @@ def test_bf16_weights_stored_once_compute_what_autocast_computes():
 
 
 def test_diffusers_bf16_runs_whole_job_and_stepwise(tmp_path_factory):
-    pytest.importorskip("diffusers")
     from tiny_pipelines import build_tiny_sd_pipeline
 
     from canvasd.backends.diffusers import DiffusersBackend

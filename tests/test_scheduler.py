@@ -12,7 +12,6 @@ import sys
 import time
 
 import pytest
-from fakes import FakeBackend, FakeWholeJobBackend, seed_colour
 
 from canvasd import metrics
 from canvasd.settings import Settings
@@ -26,6 +25,7 @@ from canvasd.engine.events import (
     ShuttingDown,
 )
 from canvasd.engine.scheduler import Engine
+from canvasd.testing.fakes import FakeBackend, FakeWholeJobBackend, seed_colour
 
 
 @pytest.fixture
@@ -473,5 +473,5 @@ async def test_prompt_tokens_are_counted_on_the_worker_thread(make_engine):
 
 
 def test_engine_module_does_not_import_torch():
-    code = "import sys, canvasd.engine.scheduler, canvasd.backends.fake; assert 'torch' not in sys.modules"
+    code = "import sys, canvasd.engine.scheduler, canvasd.testing.fakes; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

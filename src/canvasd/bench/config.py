@@ -117,7 +117,7 @@ def is_fake(spec: ModelSettings) -> bool:
 
 def fake_backend() -> Backend:
     """CPU-like cost shape (measured for small UNets: ~15 ms at batch 1, ~40 ms at batch 8)."""
-    from canvasd.backends.fake import FakeBackend
+    from canvasd.testing.fakes import FakeBackend
 
     return FakeBackend(FAKE_MODEL, step_s=0.012, per_sample_s=0.0035)
 

@@ -116,32 +116,3 @@ def load_training_data(data_dir: str | Path, name: str, max_tokens: int, max_ima
     text = encode_cached(table.strings, Path(data_dir) / "cache", max_tokens)
     return EmojiData(images, concept.astype(np.int64), style.astype(np.int64), meta, table, text)
 
-
-def make_synthetic_dataset(out_dir: str | Path, name: str = "emoji64", n_concepts: int = 4, n_styles: int = 2, seed: int = 0) -> Path:
-    """A tiny dataset in the real format (coloured discs/squares on transparency), for tests."""
-    rng = np.random.default_rng(seed)
-    colours = [(220, 30, 30), (30, 160, 40), (40, 60, 220), (240, 200, 20), (150, 50, 200), (20, 200, 200)]
-    yy, xx = np.mgrid[0:64, 0:64]
-    images, concept, style, split, concepts = [], [], [], [], []
-    for c in range(n_concepts):
-        col, shape = colours[c % len(colours)], ("disc", "square")[c % 2]
-        concepts.append({"id": f"c{c}", "name": f"shape_{c}", "captions": [f"{shape} number {c}", f"a {shape} {c}"]})
-        for s in range(n_styles):
-            r = 20 + 4 * s
-            inside = ((xx - 32) ** 2 + (yy - 32) ** 2 < r * r) if shape == "disc" else ((abs(xx - 32) < r) & (abs(yy - 32) < r))
-            img = np.zeros((64, 64, 4), np.uint8)
-            img[inside, :3] = np.clip(np.array(col) + rng.integers(-10, 10, 3), 0, 255)
-            img[inside, 3] = 255
-            images.append(img)
-            concept.append(c)
-            style.append(s)
-            split.append(1 if (c == 0 and s == n_styles - 1) else 0)
-    d = Path(out_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(
-        d / f"{name}.npz", images=np.stack(images), concept=np.array(concept, np.int32),
-        style=np.array(style, np.int32), split=np.array(split, np.uint8),
-    )
-    styles = [{"name": f"style{s}", "phrase": f"style{s} style"} for s in range(n_styles)]
-    (d / f"{name}.json").write_text(json.dumps({"concepts": concepts, "styles": styles}))
-    return d

@@ -1,4 +1,4 @@
-"""Torch-free stand-in backends for tests and benchmark dry runs (`--model fake`).
+"""Torch-free stand-in backends for tests and benchmark dry runs (`canvasd bench --model fake`).
 
 `FakeBackend` is stepwise: it records what the engine asks of it, so tests can assert batching
 (`batches`: one list of ``(job.id, sample.index, step_before)`` per `step` call), and it can
