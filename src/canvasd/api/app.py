@@ -181,10 +181,7 @@ class Service:
         except QueueFull as exc:
             metrics.REJECTED.inc()
             raise E.rate_limited(exc.retry_after, "the server's image queue is full.") from None
-        except ShuttingDown:
-            raise E.server_error("The server is shutting down; retry shortly.", retry=True,
-                                 status=503) from None
-        except EngineError as exc:
+        except EngineError as exc:  # ShuttingDown, ...
             raise self.map_engine_error(exc) from None
 
     def usage_for(self, plan: rules.Plan, n_images: int, handle: JobHandle) -> Usage:

@@ -245,6 +245,15 @@ def not_ready(detail: str) -> OpenAIError:
     return e
 
 
+def request_too_large(limit_bytes: int) -> OpenAIError:
+    return OpenAIError(413, f"Request body too large: the limit is {limit_bytes // 2**20} MB.",
+                       code="request_too_large")
+
+
+def invalid_multipart() -> OpenAIError:
+    return bad_request("Invalid multipart body: it could not be parsed.")
+
+
 def invalid_json() -> OpenAIError:
     return bad_request(
         "We could not parse the JSON body of your request. (HINT: This likely means you aren't using "

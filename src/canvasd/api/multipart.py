@@ -241,19 +241,17 @@ async def read_multipart(
                     break
                 continue
             if received > total_limit:
-                collector._fail(E.OpenAIError(
-                    413, f"Request body too large: the limit is {total_limit // MiB} MB.",
-                    code="request_too_large"))
+                collector._fail(E.request_too_large(total_limit))
                 continue
             try:
                 parser.write(chunk)
             except Exception:  # python-multipart's parse errors
-                collector._fail(E.bad_request("Invalid multipart body: it could not be parsed."))
+                collector._fail(E.invalid_multipart())
         if collector.error is None:
             try:
                 parser.finalize()
             except Exception:
-                collector._fail(E.bad_request("Invalid multipart body: it could not be parsed."))
+                collector._fail(E.invalid_multipart())
     except BaseException:
         collector.body.close()
         raise
@@ -280,6 +278,5 @@ async def read_limited(stream: AsyncIterator[bytes], limit: int) -> bytes:
             continue
         buf.extend(chunk)
     if over:
-        raise E.OpenAIError(413, f"Request body too large: the limit is {limit // MiB} MB.",
-                            code="request_too_large")
+        raise E.request_too_large(limit)
     return bytes(buf)
