@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from PIL import Image
 
+from canvasd.media.encode import has_alpha
+
 MAX_ALPHA_GAIN = 8.0
 
 
@@ -36,7 +38,7 @@ def fit_image(
     if (src_w, src_h) == (width, height):
         return image.copy()
     if image.mode not in ("RGB", "RGBA"):
-        image = image.convert("RGBA" if "A" in image.getbands() or "transparency" in image.info else "RGB")
+        image = image.convert("RGBA" if has_alpha(image) else "RGB")
 
     scale = min(width / src_w, height / src_h)
     fit_w = min(width, max(1, round(src_w * scale)))
