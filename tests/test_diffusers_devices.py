@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("diffusers")
-
-from canvasd.backends.base import run_stepwise  # noqa: E402
-from canvasd.backends.diffusers import DiffusersBackend  # noqa: E402
-from canvasd.backends.diffusers.device import check_device, resolve_device, resolve_placement  # noqa: E402
-from canvasd.contracts import Job  # noqa: E402
-from tiny_pipelines import build_tiny_flux_pipeline, build_tiny_sd_pipeline, build_tiny_sdxl_pipeline  # noqa: E402
+from canvasd.backends.base import run_stepwise
+from canvasd.backends.diffusers import DiffusersBackend
+from canvasd.backends.diffusers.device import check_device, resolve_device, resolve_placement
+from canvasd.contracts import Job
+from tiny_pipelines import build_tiny_flux_pipeline, build_tiny_sd_pipeline, build_tiny_sdxl_pipeline
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 

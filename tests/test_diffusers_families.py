@@ -9,15 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("diffusers")
-
-from canvasd.backends.base import run_stepwise  # noqa: E402
-from canvasd.backends.diffusers import DiffusersBackend, inspect_pipeline_folder  # noqa: E402
-from canvasd.contracts import Job  # noqa: E402
-from tiny_pipelines import (  # noqa: E402
+from canvasd.backends.base import run_stepwise
+from canvasd.backends.diffusers import DiffusersBackend, inspect_pipeline_folder
+from canvasd.contracts import Job
+from tiny_pipelines import (
     build_tiny_flux_pipeline,
     build_tiny_sd3_pipeline,
     build_tiny_sdxl_pipeline,

@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("peft")
-
-from canvasd.backends.base import run_stepwise  # noqa: E402
-from canvasd.backends.diffusers import DiffusersBackend  # noqa: E402
-from canvasd.backends.diffusers.lora import LoraSpec  # noqa: E402
-from canvasd.contracts import Job  # noqa: E402
-from tiny_pipelines import build_tiny_lora, build_tiny_sd_pipeline  # noqa: E402
+from canvasd.backends.base import run_stepwise
+from canvasd.backends.diffusers import DiffusersBackend
+from canvasd.backends.diffusers.lora import LoraSpec
+from canvasd.contracts import Job
+from tiny_pipelines import build_tiny_lora, build_tiny_sd_pipeline
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
