@@ -248,3 +248,45 @@ async def test_engine_runs_flux_jobs_of_two_sizes_with_partials(tiny_paths):
     assert_close(events[-1].images, b.run(small, keep_going))
     assert images_large[0].size == (64, 48)
     assert_close(images_large, b.run(large, keep_going))
+
+
+def test_openai_sdk_against_a_live_flux_server(tiny_paths, live_server):
+    import base64
+    import io
+
+    import openai
+    from openai import OpenAI
+
+    b = DiffusersBackend("flux-e2e", str(tiny_paths["flux"]), precision="fp32", device="cpu")
+    srv = live_server(backend=b, torch_threads=1)
+    client = OpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0, _strict_response_validation=True)
+    fast = {"num_inference_steps": 2, "seed": 4}
+    r = client.images.generate(model="flux-e2e", prompt="a red cat", n=2, size="80x64", extra_body=fast)
+    images = [Image.open(io.BytesIO(base64.b64decode(d.b64_json))) for d in r.data]
+    assert [im.size for im in images] == [(80, 64)] * 2 and images[0].mode == "RGB"
+    stronger = client.images.generate(model="flux-e2e", prompt="a red cat", size="80x64",
+                                      extra_body={**fast, "guidance_scale": 9.0})
+    assert stronger.data[0].b64_json != r.data[0].b64_json  # distilled guidance is honoured
+    with pytest.raises(openai.BadRequestError) as err:
+        client.images.generate(model="flux-e2e", prompt="a red cat", size="80x64",
+                               extra_body={**fast, "negative_prompt": "blurry"})
+    assert err.value.body["param"] == "negative_prompt"
+
+
+def test_vae_tiling_auto_on_off(tiny_paths):
+    from canvasd.backends.diffusers.backend import AUTO_TILING_PIXELS
+
+    side = int(AUTO_TILING_PIXELS ** 0.5)
+    small = Job(kind="generate", model="m", prompt="", width=64, height=64)
+    large = Job(kind="generate", model="m", prompt="", width=side + 16, height=side)
+    for mode, expect in (("auto", (False, True)), ("on", (True, True)), ("off", (False, False))):
+        b = DiffusersBackend("m", str(tiny_paths["sdxl"]), device="cpu", vae_tiling=mode)
+        b.load()
+        vae = b.pipe("text2img").vae
+        got = []
+        for j in (small, large):
+            b._set_tiling(vae, j)
+            got.append(vae.use_tiling)
+        assert tuple(got) == expect, mode
+    with pytest.raises(ValueError, match="vae_tiling must be"):
+        DiffusersBackend("m", str(tiny_paths["sdxl"]), device="cpu", vae_tiling="sometimes")
