@@ -256,13 +256,14 @@ def build_tiny_sd3_pipeline(path: Path, t5: bool = True) -> Path:
     if t5:
         tokenizer_3 = tiny_t5_tokenizer()
         text_encoder_3 = _tiny_t5_encoder(len(tokenizer_3), joint)
-    transformer = SD3Transformer2DModel(sample_size=UNET_SAMPLE_SIZE, patch_size=1, in_channels=4, num_layers=1,
+    # 16 latent channels as the real SD3 VAE has: diffusers' SD3 inpaint pipeline insists on it
+    transformer = SD3Transformer2DModel(sample_size=UNET_SAMPLE_SIZE, patch_size=1, in_channels=16, num_layers=1,
                                         attention_head_dim=8, num_attention_heads=2, joint_attention_dim=joint,
                                         caption_projection_dim=16, pooled_projection_dim=2 * TEXT_HIDDEN,
-                                        out_channels=4, pos_embed_max_size=32)
+                                        out_channels=16, pos_embed_max_size=32)
     pipe = StableDiffusion3Pipeline(
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-        vae=_tiny_vae(shift_factor=0.0609, scaling_factor=1.5305),
+        vae=_tiny_vae(16, shift_factor=0.0609, scaling_factor=1.5305),
         text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
         text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3,
     )
