@@ -144,3 +144,13 @@ def test_lora_selects_among_the_models_adapters():
         assert err.value.body()["error"]["param"] == "lora"
     with pytest.raises(OpenAIError, match="lists none"):
         plan({"model": "m", "lora": "ink"})  # a model without adapters
+
+
+def test_guidance_scale_refused_for_a_model_without_guidance():
+    reg = registry()
+    backend = reg.get("m")
+    backend.capabilities = dataclasses.replace(backend.capabilities, guidance_scale=False)
+    assert plan({"model": "m"}, reg=reg).job.steps > 0
+    with pytest.raises(OpenAIError) as err:
+        plan({"model": "m", "guidance_scale": 3.0}, reg=reg)
+    assert err.value.body()["error"]["param"] == "guidance_scale"

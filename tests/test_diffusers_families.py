@@ -96,7 +96,7 @@ def test_family_and_requests_honoured_from_configs(tiny_paths):
         assert info.family == FAMILY[name], name
         assert caps.stepwise and caps.text_to_image and caps.image_to_image and caps.inpaint
         # Flux's guidance is distilled: no negative rows, so a negative prompt is refused
-        assert caps.negative_prompt == (FAMILY[name] != "flux")
+        assert caps.negative_prompt == (FAMILY[name] != "flux") and caps.guidance_scale
         assert caps.default_guidance == {"sdxl": 5.0, "sd3": 7.0, "flux": 3.5}[FAMILY[name]]
         assert caps.size_multiple == (8 if name == "sdxl" else 16)
 
@@ -233,12 +233,13 @@ def test_flux_schedule_shift_is_part_of_the_batch_key(tiny_paths):
     assert s_small.uncond is None and s_small.cond["guidance"].tolist() == [5.0]  # distilled guidance
 
 
-def test_flux_without_guidance_embedding_ignores_no_input(tmp_path):
+def test_flux_without_guidance_embedding_has_no_guidance(tmp_path):
     # schnell-like: no guidance embedding, so no guidance row is sent
     b = DiffusersBackend("schnell", str(build_tiny_flux_pipeline(tmp_path / "s", guidance_embeds=False)),
                          precision="fp32", device="cpu")
     b.load()
     j = Job(kind="generate", model="schnell", prompt="a cat", width=32, height=32, steps=2, n=2, seed=4)
+    assert not b.capabilities.guidance_scale  # a request's guidance_scale is refused by the API
     s = b.start(j)
     assert "guidance" not in s[0].cond
     assert_close(b.run(j, keep_going), (run_together(b, s), b.finish(s))[1])

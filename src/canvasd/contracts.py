@@ -49,6 +49,7 @@ class Capabilities:
     default_quality: str = "medium"
     default_guidance: float = 5.0
     negative_prompt: bool = True
+    guidance_scale: bool = True  # False: the model has no guidance (Flux-schnell); the request's is refused
     max_input_images: int = MAX_INPUT_IMAGES
     max_prompt_tokens: int = 77  # longer prompts are truncated by the text encoder (documented)
     loras: tuple[str, ...] = ()  # LoRA adapter names a request's `lora` may select

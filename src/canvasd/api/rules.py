@@ -533,6 +533,9 @@ def validate(
     if negative is not None and not caps.negative_prompt:
         raise E.bad_request(f"The model '{target.requested}' does not support 'negative_prompt'.",
                             "negative_prompt", "unsupported_parameter")
+    if guidance is not None and not caps.guidance_scale:
+        raise E.bad_request(f"The model '{target.requested}' does not support 'guidance_scale' "
+                            "(it has no guidance).", "guidance_scale", "unsupported_parameter")
     for name, _ in lora or ():
         if name not in caps.loras:
             listed = f"it lists {E.quote_list(caps.loras)}" if caps.loras else "it lists none"

@@ -42,6 +42,7 @@ class PipelineInfo:
     inpaint: bool
     negative_prompt: bool
     max_prompt_tokens: int
+    guidance_scale: bool = True
 
     @property
     def sd_like(self) -> bool:
@@ -60,6 +61,7 @@ class PipelineInfo:
             upscales=False,
             default_guidance=DEFAULT_GUIDANCE.get(self.family, Capabilities.default_guidance),
             negative_prompt=self.negative_prompt,
+            guidance_scale=self.guidance_scale,
             max_input_images=1,
             max_prompt_tokens=self.max_prompt_tokens,
         )
@@ -137,6 +139,8 @@ def inspect_pipeline_folder(path: str | Path) -> PipelineInfo:
         negative_prompt=family != "flux"
         and _accepts(text2img_cls or _diffusers_class(class_name), "negative_prompt"),
         max_prompt_tokens=max_tokens,
+        # guidance-distilled Flux without a guidance embedding (schnell) has no use for the number
+        guidance_scale=not (family == "flux" and denoiser.get("guidance_embeds") is False),
     )
 
 
