@@ -752,6 +752,8 @@ def model_abilities(requested: str, registry: "ModelRegistry", strict: bool) -> 
         "alpha": caps.alpha,
         "inpaint": caps.inpaint,
         "negative_prompt": caps.negative_prompt,
+        "guidance_scale": caps.guidance_scale,
+        "loras": list(caps.loras),
         "max_input_images": min(16, max(1, caps.max_input_images)),
         "partial_images_max": PARTIAL_IMAGES[1],
         "steps_range": list(STEPS),
