@@ -20,7 +20,7 @@ from api_support import API_MODEL_ID, ShapeBackend
 
 from canvasd.settings import ModelSettings, Settings
 from canvasd.engine.client import EngineClient
-from canvasd.registry import ModelRegistry
+from canvasd.backends.registry import ModelRegistry
 
 
 @pytest.fixture(scope="session")

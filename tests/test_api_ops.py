@@ -35,7 +35,9 @@ def gen(url, body, **kw):
     return httpx.post(f"{url}/v1/images/generations", json={"model": "test-model", "prompt": "x", **body}, **kw)
 
 
-def test_ready_is_503_until_models_are_loaded(live_server):
+def test_ready_is_503_until_models_are_loaded_and_requests_wait_for_the_load(live_server):
+    from concurrent.futures import ThreadPoolExecutor
+
     gate = threading.Event()
 
     class SlowLoad(ShapeBackend):
@@ -47,13 +49,19 @@ def test_ready_is_503_until_models_are_loaded(live_server):
     assert httpx.get(f"{srv.url}/health").status_code == 200
     r = httpx.get(f"{srv.url}/ready")
     assert r.status_code == 503 and r.json()["error"]["type"] == "server_error"
-    r = gen(srv.url, {"model": "slow"})
-    assert r.status_code == 503 and r.headers["x-should-retry"] == "true" and r.headers["retry-after"]
     # validation still answers while loading
     assert gen(srv.url, {"model": "slow", "n": 99}).status_code == 400
-    gate.set()
+    # a generation sent while the model loads waits for it (it is not refused)
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(gen, srv.url, {"model": "slow"}, timeout=30)
+        time.sleep(0.3)
+        assert not waiting.done()
+        model = httpx.get(f"{srv.url}/v1/models/slow").json()
+        assert model["state"] == "loading" and model["device"] == "cpu"
+        gate.set()
+        assert waiting.result(timeout=30).status_code == 200
     assert wait_until(lambda: httpx.get(f"{srv.url}/ready").status_code == 200)
-    assert gen(srv.url, {"model": "slow"}).status_code == 200
+    assert httpx.get(f"{srv.url}/ready").json()["states"] == {"slow": "loaded"}
 
 
 def test_metrics_count_requests(server):

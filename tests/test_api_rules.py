@@ -12,7 +12,7 @@ from canvasd.api import rules
 from canvasd.api.errors import OpenAIError
 from canvasd.api.protocol import input_image_tokens, output_image_tokens
 from canvasd.settings import ModelSettings, Settings
-from canvasd.registry import ModelRegistry
+from canvasd.backends.registry import ModelRegistry
 
 
 def registry(**caps) -> ModelRegistry:

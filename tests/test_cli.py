@@ -16,7 +16,7 @@ from canvasd.api.errors import OpenAIError
 from canvasd.cli import app
 from canvasd.cli.common import CommandError, require_extra
 from canvasd.cli.training import DEFAULT_BUDGET_MINUTES, train_config
-from canvasd.registry import ModelRegistry
+from canvasd.backends.registry import ModelRegistry
 from canvasd.settings import Settings
 
 COMMANDS = [[], ["serve"], ["settings"], ["generate"], ["bench"], ["train"], ["train", "data"],

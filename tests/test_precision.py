@@ -10,7 +10,7 @@ from canvasd.backends.base import run_stepwise
 from canvasd.backends.emoji.backend import PACKAGED_WEIGHTS, EmojiBackend
 from canvasd.backends.precision import cpu_has_fast_bf16, use_bf16
 from canvasd.contracts import Job
-from canvasd.registry import ModelRegistry
+from canvasd.backends.registry import ModelRegistry
 from canvasd.settings import EMBEDDED_MODEL_ID, ModelSettings, Settings, SettingsError, load_settings
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

@@ -16,7 +16,7 @@ from conftest import LiveServer, make_settings, start_server
 from PIL import Image
 
 from canvasd.settings import EMBEDDED_MODEL_ID, ModelSettings
-from canvasd.registry import ModelRegistry
+from canvasd.backends.registry import ModelRegistry
 
 # Playwright's own browser download cannot run here: tests use Debian's chromium (see .ci/run).
 CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "google-chrome")

@@ -47,7 +47,7 @@ IMAGES_GENERATED = Counter(
     "canvasd_images_generated_total", "Images finished by the engine", ["model"], registry=REGISTRY,
 )
 CANCELLATIONS = Counter(
-    "canvasd_cancellations_total", "Jobs cancelled (client gone, timeout, shutdown)", ["reason"],
+    "canvasd_cancellations_total", "Jobs ended early (client gone, timeout, shutdown, model failed to load)", ["reason"],
     registry=REGISTRY,
 )
 OOM_SPLITS = Counter(

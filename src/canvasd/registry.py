@@ -1,29 +1,26 @@
-"""Local models: build each configured backend, load them, answer capability questions.
+"""Build a configured model's backend (backend modules are imported lazily).
 
-The API asks `capabilities(model_id)` (torch-free); backend modules are imported lazily.
+Loading, unloading and load state live in `canvasd.backends.registry.ModelRegistry`.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 
 from canvasd.backends.base import Backend
 from canvasd.settings import ModelSettings, Settings, SettingsError
-from canvasd.contracts import Capabilities
 
 log = logging.getLogger("canvasd.registry")
 
 
 # Per-model settings declared ahead of the work that gives them meaning (devices, memory options,
-# on-demand loading, LoRA, Ray replicas). Until a backend honours one, any value but these is
+# LoRA, Ray replicas). Until a backend honours one, any value but these is
 # refused at start instead of being ignored; implementing a setting means deleting its row.
 NOT_YET_HONOURED: dict[str, tuple[object, ...]] = {
     "device": ("auto", "cpu"),  # the embedded model runs on the CPU
     "dtype": ("auto",),  # the embedded model: the server-wide `precision` decides
     "offload": ("none",),
     "vae_tiling": ("auto",),
-    "preload": (None, True),  # every model loads at start
     "loras": ([],),
     "replicas": (None,),
     "min_replicas": (None,),
@@ -64,37 +61,3 @@ def build_backend(spec: ModelSettings, precision: str = "auto") -> Backend:
             vae_tiling=spec.vae_tiling, loras=[LoraSpec(lo.name, lo.path, lo.scale) for lo in spec.loras],
         )
     raise ValueError(f"unknown backend {spec.backend!r} for model {spec.id!r}")
-
-
-class ModelRegistry:
-    def __init__(self, settings: Settings, backends: dict[str, Backend] | None = None):
-        self.settings = settings
-        self.backends: dict[str, Backend] = (
-            backends if backends is not None else {m.id: build_backend(m, settings.precision) for m in settings.models}
-        )
-        self._ready = threading.Event()
-        self.load_error: BaseException | None = None
-
-    @property
-    def ready(self) -> bool:
-        return self._ready.is_set()
-
-    def load_all(self) -> None:
-        """Load every backend (slow). Sets `ready` on success, `load_error` on failure."""
-        try:
-            for model_id, backend in self.backends.items():
-                log.info("loading model %s (precision %s)", model_id, self.settings.precision)
-                backend.load()
-            self._ready.set()
-        except BaseException as exc:  # noqa: BLE001 - reported by /ready and the log
-            self.load_error = exc
-            log.exception("model loading failed")
-
-    def resolve(self, name: str) -> str | None:
-        return self.settings.resolve_alias(name)
-
-    def capabilities(self, model_id: str) -> Capabilities:
-        return self.backends[model_id].capabilities
-
-    def get(self, model_id: str) -> Backend:
-        return self.backends[model_id]

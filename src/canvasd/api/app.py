@@ -37,9 +37,16 @@ from canvasd.api.streaming import sse_response
 from canvasd.contracts import Cancelled, word_count_tokens
 from canvasd.settings import OPENAI_ALIASES, Settings
 from canvasd.engine.client import EngineClient, JobHandle
-from canvasd.engine.events import EngineError, JobTimeout, OutOfDeviceMemory, QueueFull, ShuttingDown
+from canvasd.engine.events import (
+    EngineError,
+    JobTimeout,
+    ModelUnavailable,
+    OutOfDeviceMemory,
+    QueueFull,
+    ShuttingDown,
+)
 from canvasd.media.store import Expired, ImageStore, InvalidSignature, NotFound
-from canvasd.registry import ModelRegistry
+from canvasd.backends.registry import ModelRegistry
 from canvasd.web import mount_playground
 
 log = logging.getLogger("canvasd.api")
@@ -136,10 +143,10 @@ class Service:
             raise E.invalid_api_key(token)
 
     def ensure_ready(self) -> None:
+        """Refuse only when no model can serve; a request for a model still loading is queued by
+        the engine and waits for the load."""
         if self.registry.load_error is not None:
             raise E.server_error(f"Model loading failed: {self.registry.load_error}", status=503)
-        if not self.registry.ready:
-            raise E.not_ready("The server is still loading its models; retry in a few seconds.")
 
     # --- urls -----------------------------------------------------------------------------
     def public_base(self, request: Request) -> str:
@@ -171,6 +178,8 @@ class Service:
             return E.server_error("The request was cancelled.")
         if isinstance(exc, OutOfDeviceMemory):
             return E.server_error(str(exc))
+        if isinstance(exc, ModelUnavailable):
+            return E.server_error(str(exc), status=503)
         log.error("generation failed: %r", exc, exc_info=exc)
         return E.server_error()
 
@@ -268,7 +277,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None,
     if engine is None:
         from canvasd.engine.scheduler import Engine
 
-        engine = Engine(registry.backends, settings)
+        engine = Engine(registry.backends, settings, models=registry)
     secret = settings.url_secret.encode() if settings.url_secret else os.urandom(32)
     store = ImageStore(settings.image_dir, secret, settings.url_ttl_s)
     svc = Service(settings, registry, engine, store)
@@ -279,11 +288,11 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None,
         if not settings.api_keys:
             log.warning("no API keys configured: the API is open to anyone who can reach it "
                         "(set CANVASD_API_KEYS or --api-key)")
-        if not registry.ready and registry.load_error is None:
-            # A thread that ends after loading: a long-lived thread that ran torch work keeps its
-            # OpenMP team, which made the engine thread's steps ~1.7x slower (see
-            # bench/scenarios.py, in_fresh_thread).
-            threading.Thread(target=registry.load_all, name="canvasd-load", daemon=True).start()
+        # The preloaded models load on a thread that ends after loading: a long-lived thread that
+        # ran torch work keeps its OpenMP team, which made the engine thread's steps ~1.7x slower
+        # (see bench/scenarios.py, in_fresh_thread). The others load on their first request
+        # (backends/registry.py).
+        threading.Thread(target=registry.preload, name="canvasd-load", daemon=True).start()
         engine.start()
         store.start_sweeper(60)
         try:
@@ -370,9 +379,10 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None,
 
     # --- models ------------------------------------------------------------------------------
     def model_entries() -> list[dict[str, Any]]:
-        # `capabilities` is a canvasd extension (SDKs keep unknown fields): what the model honours
+        # Extension fields (SDKs keep unknown fields): `capabilities`, what the model honours, and
+        # its load state, device and dtype (registry.describe).
         entries = [{"id": mid, "object": "model", "created": svc.created, "owned_by": "canvasd",
-                    "capabilities": rules.model_abilities(mid, registry, strict)}
+                    "capabilities": rules.model_abilities(mid, registry, strict), **registry.describe(mid)}
                    for mid in registry.backends]
         names = list(OPENAI_ALIASES) + [a for a in settings.aliases if a not in OPENAI_ALIASES]
         for name in names:
@@ -407,7 +417,11 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None,
             raise E.server_error(f"Model loading failed: {registry.load_error}", status=503)
         if not registry.ready:
             raise E.not_ready("Models are loading.")
-        return JSONResponse({"status": "ready", "models": list(registry.backends), "engine": engine.stats()})
+        body = {"status": "ready", "models": list(registry.backends),
+                "states": {mid: registry.state(mid) for mid in registry.backends}, "engine": engine.stats()}
+        if failed := registry.failed():
+            body["failed"] = failed  # ready: the other models serve; these answer with the error
+        return JSONResponse(body)
 
     async def prometheus(request: Request) -> Response:
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)

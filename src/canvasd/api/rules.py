@@ -57,7 +57,7 @@ from canvasd.media.inputs import fit_input, repaint_mask
 if TYPE_CHECKING:  # pragma: no cover
     from PIL.Image import Image
 
-    from canvasd.registry import ModelRegistry
+    from canvasd.backends.registry import ModelRegistry
 
 Endpoint = Literal["generations", "edits", "variations"]
 Source = Literal["json", "form"]

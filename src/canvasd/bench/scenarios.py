@@ -207,7 +207,7 @@ async def open_engine(cfg: BenchConfig, spec: ModelSettings, image_dir: str,
     from canvasd.api.render import Renderer
     from canvasd.engine.events import JobFailed, PartialImage
     from canvasd.engine.scheduler import Engine
-    from canvasd.registry import ModelRegistry
+    from canvasd.backends.registry import ModelRegistry
 
     settings = scenario_settings(cfg, spec, True, image_dir)
     strict = settings.compat == "strict"
@@ -263,7 +263,7 @@ def _create_app(settings: Settings, spec: ModelSettings, factory: str):
     if "backends" in params:
         return create_app(settings, backends=backends)
     if "registry" in params:
-        from canvasd.registry import ModelRegistry
+        from canvasd.backends.registry import ModelRegistry
 
         return create_app(settings, registry=ModelRegistry(settings, backends=backends))
     raise RuntimeError("create_app accepts neither backends= nor registry=: cannot serve the fake")

@@ -42,7 +42,7 @@ def run_request(settings: Any, body: dict[str, Any]) -> tuple[list[bytes], Any]:
     from canvasd.api.errors import OpenAIError
     from canvasd.api.render import Renderer
     from canvasd.engine.scheduler import Engine
-    from canvasd.registry import ModelRegistry
+    from canvasd.backends.registry import ModelRegistry
 
     registry = ModelRegistry(settings)
     try:

@@ -54,3 +54,8 @@ class JobTimeout(EngineError):
 class OutOfDeviceMemory(EngineError):
     """One image of the job did not fit in its device's memory even alone (the engine had already
     split the batch down to it); the API answers with a `server_error` carrying this message."""
+
+
+class ModelUnavailable(EngineError):
+    """The job's model failed to load (the message carries the load's error); other models serve
+    on. The API answers 503 `server_error`."""

@@ -50,6 +50,7 @@ from canvasd.engine.events import (
     JobFailed,
     JobFinished,
     JobTimeout,
+    ModelUnavailable,
     OutOfDeviceMemory,
     PartialImage,
     QueueFull,
@@ -60,6 +61,8 @@ from canvasd.host import usable_cores
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL.Image import Image
+
+    from canvasd.backends.registry import Lease, ModelRegistry
 
 log = logging.getLogger("canvasd.engine")
 
@@ -148,6 +151,12 @@ class _Entry:
     previews: dict[int, list[int]] = field(default_factory=dict)  # sample index -> preview steps
     partials_sent: dict[int, int] = field(default_factory=dict)  # sample index -> partials so far
     failed: bool = False
+    lease: "Lease | None" = None  # the job's hold on its model (None: no registry, always loaded)
+
+    @property
+    def runnable(self) -> bool:
+        """Its model is loaded for it (a job whose model is still loading waits in the queue)."""
+        return self.lease is None or self.lease.granted
 
     @property
     def n(self) -> int:
@@ -172,9 +181,14 @@ class _Group:
 class Engine:
     """The in-process `EngineClient` (canvasd.engine.client): one worker thread over `backends`."""
 
-    def __init__(self, backends: dict[str, Backend], settings: Settings):
+    def __init__(self, backends: dict[str, Backend], settings: Settings,
+                 models: "ModelRegistry | None" = None):
+        """`models`: the registry that loads models on demand; every job holds a lease on its
+        model from submit to its end, and runs once the lease is granted. Without one, every
+        backend is taken as loaded."""
         self.backends = backends
         self.settings = settings
+        self._models = models
         self._cond = threading.Condition()
         self._waiting: dict[Hashable, deque[_Entry]] = {}  # key -> FIFO; only non-empty deques
         self._waiting_images = 0
@@ -217,17 +231,31 @@ class Engine:
         else:
             key = (job.model, _WHOLE_JOB)
         handle = LocalJobHandle(job, loop, self)
-        with self._cond:
-            if self._closing:
-                raise ShuttingDown("server is shutting down")
-            if self._waiting_images + job.n > self.settings.max_queue:
-                raise QueueFull(self._retry_after_locked(job))
-            entry = _Entry(job, handle, backend, key, time.monotonic())
-            self._waiting.setdefault(key, deque()).append(entry)
-            self._waiting_images += job.n
-            metrics.QUEUE_DEPTH.set(self._waiting_images)
-            self._cond.notify_all()
+        # Outside the engine's lock: a lease may start the model's load.
+        lease = self._models.acquire(job.model, self._wake) if self._models is not None else None
+        if lease is not None and lease.error is not None:
+            raise _unavailable(job.model, lease.error)
+        try:
+            with self._cond:
+                if self._closing:
+                    raise ShuttingDown("server is shutting down")
+                if self._waiting_images + job.n > self.settings.max_queue:
+                    raise QueueFull(self._retry_after_locked(job))
+                entry = _Entry(job, handle, backend, key, time.monotonic(), lease=lease)
+                self._waiting.setdefault(key, deque()).append(entry)
+                self._waiting_images += job.n
+                metrics.QUEUE_DEPTH.set(self._waiting_images)
+                self._cond.notify_all()
+        except BaseException:
+            if lease is not None:
+                lease.release()
+            raise
         return handle
+
+    def _wake(self) -> None:
+        """A model finished loading (or failed to): waiting jobs may run, or must fail, now."""
+        with self._cond:
+            self._cond.notify_all()
 
     def shutdown(self, timeout_s: float = 30.0) -> None:
         """Stop admitting; fail queued jobs now; let running ones finish until the deadline, then
@@ -281,10 +309,11 @@ class Engine:
                 if self._group is None:
                     if self._closing:
                         break
-                    if not self._waiting:
+                    keys = self._runnable_keys_locked()
+                    if not keys:  # nothing queued, or only jobs whose model is still loading
                         self._cond.wait(timeout=_IDLE_WAIT_S)
                         continue
-                    self._group = self._open_group_locked()
+                    self._group = self._open_group_locked(keys)
                 group = self._group
                 admitted = self._admit_locked(group, now)
             self._configure_torch()
@@ -300,16 +329,20 @@ class Engine:
                     self._finish_failed(group, entry, RuntimeError("internal engine error"))
         metrics.RUNNING_BATCH.set(0)
 
-    def _open_group_locked(self) -> _Group:
-        """Next key to serve: least recently served key with waiters (ties: oldest job first);
-        in serial mode strictly the oldest job."""
+    def _runnable_keys_locked(self) -> list[Hashable]:
+        """Keys whose oldest waiting job can run (its model is loaded)."""
+        return [k for k, q in self._waiting.items() if q[0].runnable]
+
+    def _open_group_locked(self, keys: list[Hashable]) -> _Group:
+        """Next key to serve, of `keys`: least recently served key with waiters (ties: oldest job
+        first); in serial mode strictly the oldest job."""
         if self.settings.batching:
             key = min(
-                self._waiting,
+                keys,
                 key=lambda k: (self._last_served.get(k, -1), self._waiting[k][0].submitted),
             )
         else:
-            key = min(self._waiting, key=lambda k: self._waiting[k][0].submitted)
+            key = min(keys, key=lambda k: self._waiting[k][0].submitted)
         self._turns += 1
         self._last_served[key] = self._turns
         backend = self._waiting[key][0].backend
@@ -326,11 +359,13 @@ class Engine:
         if single and group.entries:
             return []
         fresh_turn = not group.entries
-        others = [q[0].submitted for k, q in self._waiting.items() if k != group.key]
+        others = [q[0].submitted for k, q in self._waiting.items() if k != group.key and q[0].runnable]
         oldest_other = min(others, default=math.inf)
         admitted: list[_Entry] = []
         while queue:
             entry = queue[0]
+            if not entry.runnable:
+                break  # its model is loading for it (a reload after an unload): FIFO waits
             if not fresh_turn and entry.submitted > oldest_other:
                 break  # another key waits longer: drain this group instead of growing it
             used = group.samples_in_use
@@ -502,6 +537,8 @@ class Engine:
 
     # ------------------------------------------------------------------ cancellation ---------
     def _stop_reason(self, entry: _Entry, now: float) -> tuple[BaseException, str] | None:
+        if entry.lease is not None and entry.lease.error is not None:
+            return _unavailable(entry.job.model, entry.lease.error), "model_unavailable"
         if entry.job.cancel_event.is_set():
             return Cancelled(entry.job.id), "client"
         if now - entry.submitted > self.settings.request_timeout_s:
@@ -554,6 +591,8 @@ class Engine:
         if entry.failed:
             return
         entry.failed = True
+        if entry.lease is not None:
+            entry.lease.release()
         if is_out_of_memory(error):
             error = _out_of_memory(entry)
         if reason:
@@ -578,6 +617,8 @@ class Engine:
         metrics.IMAGES_GENERATED.labels(model=entry.job.model).inc(len(images))
         timings = {"queue_s": admitted - entry.submitted, "engine_s": now - admitted}
         tokens = count_prompt_tokens(entry.backend, entry.job.prompt)  # on the worker thread
+        if entry.lease is not None:  # the backend is done with: its model may unload now
+            entry.lease.release()
         entry.handle._post(JobFinished(images, prompt_tokens=tokens, timings=timings))
 
     # ------------------------------------------------------------------ estimates ------------
@@ -640,3 +681,8 @@ def _out_of_memory(entry: _Entry) -> OutOfDeviceMemory:
         f"fit in the memory{where}, even alone in its batch. Request a smaller size, or ask the "
         "operator to give the model more memory (CPU offload, fewer models per device, a larger "
         "device).")
+
+
+def _unavailable(model: str, error: BaseException) -> ModelUnavailable:
+    return ModelUnavailable(f"Model '{model}' could not be loaded, so it cannot serve requests: "
+                            f"{error}")
