@@ -34,7 +34,15 @@ from pathlib import Path
 from typing import Any
 
 from canvasd.bench.config import BenchConfig, is_fake, model_spec
-from canvasd.bench.report import machine_info, markdown_table, plot, ratio_table, ratios, scaling_table
+from canvasd.bench.report import (
+    machine_info,
+    markdown_table,
+    mfu_summary,
+    plot,
+    ratio_table,
+    ratios,
+    scaling_table,
+)
 from canvasd.bench.scenarios import run_all
 
 __all__ = ["BenchConfig", "run_bench"]
@@ -43,11 +51,18 @@ __all__ = ["BenchConfig", "run_bench"]
 def run_bench(config: BenchConfig | None = None, **overrides: Any) -> dict[str, Any]:
     """Run the scenarios, write JSON + PNG into `out_dir`, print the tables; return the report."""
     cfg = replace(config or BenchConfig(), **overrides).effective()
-    spec = model_spec(cfg.model)
+    spec = model_spec(cfg.model, cfg.device, cfg.dtype)
     started = time.strftime("%Y%m%d-%H%M%S")
     t0 = time.perf_counter()
     scaling: dict[str, Any] = {}
-    results = asyncio.run(run_all(cfg, spec, scaling))
+    profile: dict[str, Any] = {}
+    results = asyncio.run(run_all(cfg, spec, scaling, profile))
+    if profile:
+        from canvasd.bench.mfu import mfu
+
+        for r in results:
+            tflops, share = mfu(r.images_per_s, profile)
+            r.model_tflops_per_s, r.mfu = round(tflops, 6), round(share, 8)
     rows = ratios(results)
     report = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
@@ -59,6 +74,7 @@ def run_bench(config: BenchConfig | None = None, **overrides: Any) -> dict[str, 
         "results": [asdict(r) for r in results],
         "ratios": rows,
         "step_scaling": scaling or None,
+        "mfu_profile": profile or None,
     }
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -72,6 +88,9 @@ def run_bench(config: BenchConfig | None = None, **overrides: Any) -> dict[str, 
     print(markdown_table(results))
     print()
     print(ratio_table(rows))
+    if profile:
+        print()
+        print(mfu_summary(profile))
     if scaling:
         print()
         print(scaling_table(scaling))

@@ -43,6 +43,9 @@ class BenchConfig:
     max_batch: int | None = None  # None: Settings' default
     threads: int | None = None  # torch threads; None: all cores
     precision: str = "auto"  # the denoiser's: auto | fp32 | bf16 (Settings.precision)
+    device: str | None = None  # the model's device (auto | cpu | cuda | cuda:N | mps | xpu); None: its default
+    dtype: str | None = None  # the model's dtype (auto | bf16 | fp16 | fp32); None: its default
+    mfu: bool = True  # count the denoiser's FLOPs and time the device's matmul peak (bench/mfu.py)
     level_timeout_s: float = 300.0  # a level stops sending after this long
     ready_timeout_s: float = 600.0  # server start + model load
     app_factory: str = "canvasd.api.app:create_app"  # module:function(settings, ...) -> ASGI app
@@ -103,12 +106,17 @@ def request_body(spec: RequestSpec, cfg: BenchConfig, stream: bool) -> dict[str,
     return body
 
 
-def model_spec(model: str | None) -> ModelSettings:
+def model_spec(model: str | None, device: str | None = None, dtype: str | None = None) -> ModelSettings:
     if model in (None, ""):
-        return ModelSettings(id=EMBEDDED_MODEL_ID, backend="emoji")
-    if model == FAKE_MODEL:
+        spec = ModelSettings(id=EMBEDDED_MODEL_ID, backend="emoji")
+    elif model == FAKE_MODEL:
         return ModelSettings(id=FAKE_MODEL, backend="emoji")  # the id selects `fake_backend`
-    return model_from_arg(model)
+    else:
+        spec = model_from_arg(model)
+    for key, value in (("device", device), ("dtype", dtype)):
+        if value is not None:
+            setattr(spec, key, value)  # the model's own setting (validated), as `--model name=path,device=...`
+    return spec
 
 
 def is_fake(spec: ModelSettings) -> bool:

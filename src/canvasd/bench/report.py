@@ -29,6 +29,8 @@ class LevelResult:
     peak_rss_mb: float | None
     mean_batch: float | None
     first_error: str | None = None
+    model_tflops_per_s: float | None = None  # the denoiser's FLOPs per second (bench/mfu.py)
+    mfu: float | None = None  # model_tflops_per_s over the device's measured matmul peak
 
 
 def percentiles(values: list[float]) -> dict[str, float | None]:
@@ -62,10 +64,14 @@ def _fmt(x: float | None, digits: int = 2) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
 
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{x * 100:.3g}%"
+
+
 def markdown_table(results: list[LevelResult]) -> str:
     lines = [
-        "| scenario | stream | clients | images/s | p50 s | p95 s | p99 s | first partial p50 s | mean batch | peak RSS MB | errors |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| scenario | stream | clients | images/s | p50 s | p95 s | p99 s | first partial p50 s | mean batch | model TFLOP/s | MFU | peak RSS MB | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         ttfp = r.ttfp_s["p50"] if r.ttfp_s else None
@@ -73,9 +79,21 @@ def markdown_table(results: list[LevelResult]) -> str:
             f"| {SCENARIO_LABELS[r.scenario]} | {'yes' if r.stream else 'no'} | {r.concurrency} "
             f"| {_fmt(r.images_per_s)} | {_fmt(r.latency_s['p50'])} | {_fmt(r.latency_s['p95'])} "
             f"| {_fmt(r.latency_s['p99'])} | {_fmt(ttfp)} | {_fmt(r.mean_batch, 1)} "
+            f"| {'–' if r.model_tflops_per_s is None else f'{r.model_tflops_per_s:.3g}'} | {_pct(r.mfu)} "
             f"| {_fmt(r.peak_rss_mb, 0)} | {r.errors} |"
         )
     return "\n".join(lines)
+
+
+def mfu_summary(profile: dict[str, Any]) -> str:
+    """One line: what the MFU column divides by, and what it multiplies."""
+    peak = profile["peak"]
+    per_step = ", ".join(f"{size}: {flops / 1e9:.4g} GFLOP" for size, flops in
+                         profile["flops_per_image_step"].items())
+    return (f"MFU = images/s x {profile['mean_flops_per_image'] / 1e9:.4g} GFLOP per image "
+            f"({profile['mean_steps_per_image']:.3g} steps; denoiser per image-step {per_step}) "
+            f"/ matmul peak {peak['tflops_per_s']:.4g} TFLOP/s ({peak['dtype']} {peak['side']}x"
+            f"{peak['side']} on {peak['device']}, measured in this run)")
 
 
 def ratio_table(rows: list[dict[str, Any]]) -> str:

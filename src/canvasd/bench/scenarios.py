@@ -196,13 +196,50 @@ def step_scaling(backend: StepwiseBackend, job: Job, batches: tuple[int, ...] = 
             "ceiling": {str(k): round(one / (v / k), 2) for k, v in step_s.items()}}
 
 
+def planned_jobs(cfg: BenchConfig, registry: Any) -> list[Any]:
+    """The jobs the bench's request plan becomes (the API's own validation resolves sizes and
+    steps), for the MFU profile."""
+    from canvasd.api import rules
+
+    count = max(cfg.requests_at(c) for c in cfg.concurrency)
+    return [rules.validate("generations", "json", request_body(req, cfg, False), registry=registry,
+                           strict=registry.settings.compat == "strict").job
+            for req in request_plan(cfg, count)]
+
+
+def wants_profile(cfg: BenchConfig, spec: ModelSettings) -> bool:
+    return cfg.mfu and not is_fake(spec)  # the fake computes nothing: no FLOPs to count
+
+
+async def standalone_profile(cfg: BenchConfig, spec: ModelSettings, image_dir: str) -> dict[str, Any]:
+    """The MFU profile when no engine scenario runs in this process: the model is loaded here,
+    profiled, and dropped again before the servers load their own copies."""
+    from canvasd.backends.registry import ModelRegistry
+    from canvasd.bench.mfu import model_profile
+    from canvasd.engine.oom import release_cached_memory
+
+    settings = scenario_settings(cfg, spec, True, image_dir)
+    registry = ModelRegistry(settings, backends=await in_fresh_thread(build_backends, spec, settings.precision))
+    await in_fresh_thread(registry.preload)
+    if registry.load_error is not None:
+        raise registry.load_error
+    backend = registry.backends[spec.id]
+    profile = await in_fresh_thread(model_profile, backend, planned_jobs(cfg, registry), settings.precision)
+    if callable(getattr(backend, "unload", None)):
+        backend.unload()
+    del registry, backend
+    release_cached_memory()
+    return profile
+
+
 @contextlib.asynccontextmanager
 async def open_engine(cfg: BenchConfig, spec: ModelSettings, image_dir: str,
-                      scaling: dict[str, Any]) -> AsyncIterator[Runner]:
+                      scaling: dict[str, Any], profile: dict[str, Any]) -> AsyncIterator[Runner]:
     """canvasd without HTTP: the request body goes through the API's own validation into a job,
     and the finished (and partial) images are fitted and encoded by the API's own renderer, so
     (a) makes the same bytes as (b) and (b)/(a) is the cost of HTTP, JSON, base64 and the SDK.
-    Also fills `scaling` with the model's `step_scaling` on this machine."""
+    Also fills `scaling` with the model's `step_scaling` on this machine, and `profile` with
+    its MFU profile (bench/mfu.py)."""
     from canvasd.api import rules
     from canvasd.api.render import Renderer
     from canvasd.engine.events import JobFailed, PartialImage
@@ -223,6 +260,11 @@ async def open_engine(cfg: BenchConfig, spec: ModelSettings, image_dir: str,
         job = rules.validate("generations", "json", request_body(first, cfg, False), registry=registry,
                              strict=strict).job
         scaling.update(await in_fresh_thread(step_scaling, backend, job))
+    if wants_profile(cfg, spec):
+        from canvasd.bench.mfu import model_profile
+
+        profile.update(await in_fresh_thread(model_profile, backends[spec.id], planned_jobs(cfg, registry),
+                                             settings.precision))
     engine = Engine(backends, settings)
     engine.start()
 
@@ -430,15 +472,19 @@ async def open_http(cfg: BenchConfig, spec: ModelSettings, scenario: str, image_
         await asyncio.to_thread(server.stop)
 
 
-async def run_all(cfg: BenchConfig, spec: ModelSettings, scaling: dict[str, Any]) -> list[LevelResult]:
+async def run_all(cfg: BenchConfig, spec: ModelSettings, scaling: dict[str, Any],
+                  profile: dict[str, Any]) -> list[LevelResult]:
     """Start every scenario, then measure level by level, each level in every scenario back to
-    back (the order rotating), so machine drift hits all scenarios of a ratio alike."""
+    back (the order rotating), so machine drift hits all scenarios of a ratio alike. Fills
+    `scaling` and `profile` (for MFU) on the way."""
     results: list[LevelResult] = []
     with tempfile.TemporaryDirectory(prefix="canvasd-bench-") as image_dir:
+        if wants_profile(cfg, spec) and "engine" not in cfg.scenarios:
+            profile.update(await standalone_profile(cfg, spec, image_dir))
         async with contextlib.AsyncExitStack() as stack:
             runners = []
             for scenario in cfg.scenarios:
-                opener = (open_engine(cfg, spec, image_dir, scaling) if scenario == "engine"
+                opener = (open_engine(cfg, spec, image_dir, scaling, profile) if scenario == "engine"
                           else open_http(cfg, spec, scenario, image_dir))
                 runners.append(await stack.enter_async_context(opener))
             turn = 0

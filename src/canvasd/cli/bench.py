@@ -36,6 +36,14 @@ def bench(
     max_batch: Annotated[Optional[int], typer.Option(min=1, help="The server setting max_batch.")] = None,
     torch_threads: Annotated[Optional[int], typer.Option(min=1, help="The server setting torch_threads.")] = None,
     precision: Annotated[Precision, typer.Option(help="The server setting precision.")] = "auto",
+    device: Annotated[Optional[str], typer.Option(
+        help="The model's device: auto, cpu, cuda, cuda:N, mps, xpu (as `--model name=/path,device=...`).")] = None,
+    dtype: Annotated[Optional[Literal["auto", "bf16", "fp16", "fp32"]], typer.Option(
+        help="The model's dtype.")] = None,
+    client_model: Annotated[str, typer.Option(
+        help="The `model` requests name: an OpenAI alias (its sizes) or the local model's id (any size).")] = "gpt-image-1",
+    mfu: Annotated[bool, typer.Option(
+        "--mfu/--no-mfu", help="Report model FLOPs utilisation (counts the denoiser's FLOPs, times a matmul).")] = True,
     quick: Annotated[bool, typer.Option(help="Concurrency 1,4; few requests.")] = False,
     out_dir: Annotated[Path, typer.Option(help="Where the JSON report and the plot go.")] = Path("benchmarks/results"),
 ) -> None:
@@ -47,11 +55,15 @@ def bench(
     from canvasd.bench import BenchConfig, run_bench
     from canvasd.bench.config import model_spec
 
-    model_spec(model)  # a bad --model is refused now, with the settings' message
+    try:  # a bad --model, --device or --dtype is refused now, with the settings' message
+        model_spec(model, device, dtype)
+    except ValueError as exc:
+        raise CommandError(" ".join(str(exc).split())) from None
     overrides = dict(
         model=model, concurrency=levels, requests=requests, rounds=rounds, stream=stream,
         partial_images=partial_images, size=size, quality=quality, mixed=mixed, max_batch=max_batch,
-        threads=torch_threads, precision=precision, quick=quick, out_dir=out_dir,
+        threads=torch_threads, precision=precision, device=device, dtype=dtype, client_model=client_model,
+        mfu=mfu, quick=quick, out_dir=out_dir,
     )
     if scenarios:
         overrides["scenarios"] = tuple(scenarios)
