@@ -11,7 +11,7 @@ import pytest
 import torch
 from tiny_pipelines import build_tiny_sd_pipeline
 
-from canvasd.backends.diffusers_backend import DiffusersBackend
+from canvasd.backends.diffusers import DiffusersBackend
 from canvasd.bench import run_bench
 from canvasd.bench.mfu import count_flops, flops_per_image_step, matmul_peak, mfu
 from canvasd.engine.jobs import Job
