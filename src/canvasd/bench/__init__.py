@@ -37,6 +37,7 @@ from canvasd.bench.config import BenchConfig, is_fake, model_spec
 from canvasd.bench.report import (
     machine_info,
     markdown_table,
+    headline,
     mfu_summary,
     plot,
     ratio_table,
@@ -94,5 +95,7 @@ def run_bench(config: BenchConfig | None = None, **overrides: Any) -> dict[str, 
     if scaling:
         print()
         print(scaling_table(scaling))
+    print()
+    print("\n".join(headline(report)))
     print(f"\nwrote {json_path} and {png_path}")
     return report

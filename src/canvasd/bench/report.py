@@ -85,6 +85,28 @@ def markdown_table(results: list[LevelResult]) -> str:
     return "\n".join(lines)
 
 
+def headline(report: dict[str, Any], clients: int = 8) -> list[str]:
+    """The figures a GPU check quotes: per scenario at `clients` concurrent requests (or the
+    highest level run), images/s, p50 latency and MFU, and the batched/serial ratio."""
+    results = report["results"]
+    levels = sorted({r["concurrency"] for r in results})
+    if not levels:
+        return []
+    c = clients if clients in levels else levels[-1]
+    lines = []
+    for r in results:
+        if r["concurrency"] != c:
+            continue
+        lines.append(f"{SCENARIO_LABELS[r['scenario']]}{' stream' if r['stream'] else ''} at {c} clients: "
+                     f"{r['images_per_s']:.3g} images/s, p50 {_fmt(r['latency_s']['p50'])} s, MFU {_pct(r.get('mfu'))}"
+                     + (f", {r['errors']} errors" if r["errors"] else ""))
+    for row in report.get("ratios", []):
+        if row["concurrency"] == c and row.get("batched_over_serial") is not None:
+            lines.append(f"batching ratio at {c} clients{' (stream)' if row['stream'] else ''}: "
+                         f"{row['batched_over_serial']:.2f}x images/s batched over serial")
+    return lines
+
+
 def mfu_summary(profile: dict[str, Any]) -> str:
     """One line: what the MFU column divides by, and what it multiplies."""
     peak = profile["peak"]
