@@ -14,7 +14,7 @@ from tiny_pipelines import build_tiny_sd_pipeline
 from canvasd.backends.diffusers import DiffusersBackend
 from canvasd.bench import run_bench
 from canvasd.bench.mfu import count_flops, flops_per_image_step, matmul_peak, mfu
-from canvasd.engine.jobs import Job
+from canvasd.contracts import Job
 
 
 @pytest.fixture(scope="module")

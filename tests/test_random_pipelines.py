@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from canvasd.bench import random_pipelines as rp
-from canvasd.engine.jobs import Job
+from canvasd.contracts import Job
 
 # Parameter counts of the published checkpoints' components.
 PUBLISHED = {

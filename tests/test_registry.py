@@ -19,10 +19,10 @@ from fakes import FakeBackend, seed_colour
 from canvasd.backends import registry as registry_mod
 from canvasd.backends.memory import estimate_weight_bytes, parse_bytes
 from canvasd.backends.registry import ModelRegistry
-from canvasd.config import ModelSpec, Settings
+from canvasd.contracts import Job
 from canvasd.engine.events import ModelUnavailable
-from canvasd.engine.jobs import Job
 from canvasd.engine.scheduler import Engine
+from canvasd.settings import ModelSettings, Settings
 
 
 class Lifecycle:
@@ -68,7 +68,7 @@ class ShapeModel(Lifecycle, ShapeBackend):
 
 
 def make_registry(backends, **settings) -> ModelRegistry:
-    s = Settings(models=[ModelSpec(b.id, "emoji") for b in backends])
+    s = Settings(models=[ModelSettings(id=b.id, backend="emoji") for b in backends])
     for key, value in settings.items():
         setattr(s, key, value)
     return ModelRegistry(s, {b.id: b for b in backends})
@@ -103,7 +103,10 @@ def test_only_the_first_model_preloads_by_default_and_preload_can_be_set():
     journal: list[str] = []
     a, b, c = Model("a", journal), Model("b", journal), Model("c", journal)
     reg = make_registry([a, b, c])
-    reg._slots["c"].preload = True  # as `preload = true` in its [[models]] table sets it
+    assert reg.preload_ids == ["a"]
+    settings = Settings(models=[ModelSettings(id="a", backend="emoji"), ModelSettings(id="b", backend="emoji"),
+                                ModelSettings(id="c", backend="emoji", preload=True)])
+    reg = ModelRegistry(settings, {m.id: m for m in (a, b, c)})
     assert reg.preload_ids == ["a", "c"] and not reg.ready
     reg.preload()
     assert journal == ["load a", "load c"]
@@ -230,7 +233,7 @@ def test_load_progress_is_logged(caplog, monkeypatch):
 # ----------------------------------------------------------------------------- over HTTP ----
 def test_models_endpoint_ready_and_errors_over_http(live_server):
     journal: list[str] = []
-    specs = [ModelSpec("main", "emoji"), ModelSpec("extra", "emoji"), ModelSpec("broken", "emoji")]
+    specs = [ModelSettings(id="main", backend="emoji"), ModelSettings(id="extra", backend="emoji"), ModelSettings(id="broken", backend="emoji")]
     backends = [ShapeModel("main", journal), ShapeModel("extra", journal),
                 ShapeModel("broken", journal, fail=True)]
     reg = ModelRegistry(Settings(models=specs), {b.id: b for b in backends})
@@ -258,7 +261,7 @@ def test_models_endpoint_ready_and_errors_over_http(live_server):
 
 
 def test_ready_is_503_when_no_model_can_serve(live_server):
-    specs = [ModelSpec("only", "emoji")]
+    specs = [ModelSettings(id="only", backend="emoji")]
     reg = ModelRegistry(Settings(models=specs), {"only": ShapeModel("only", [], fail=True)})
     srv = live_server(registry=reg, models=specs, wait_ready=False)
     assert _wait(lambda: reg.state("only") == "failed")

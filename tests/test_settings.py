@@ -134,6 +134,8 @@ ENV_SAMPLES = {
     "request_timeout_s": ("1.5", 1.5),
     "torch_threads": ("3", 3),
     "precision": ("bf16", "bf16"),
+    "max_loaded_models": ("2", 2),
+    "device_memory_budget": ("40GiB", 40 * 2**30),
     "render_threads": ("2", 2),
     "max_upload_bytes": ("1000", 1000),
     "max_upload_pixels": ("4096", 4096),
@@ -222,7 +224,7 @@ def test_flag_errors_name_the_flag():
 
 
 def test_settings_declared_for_later_work_are_refused_until_honoured():
-    for extra in (dict(device="cuda:0"), dict(dtype="bf16"), dict(offload="model"), dict(preload=False),
+    for extra in (dict(device="cuda:0"), dict(dtype="bf16"), dict(offload="model"),
                   dict(replicas=2), dict(loras=[dict(name="x", path="/x.safetensors")])):
         spec = ModelSettings(id="m", backend="emoji", **extra)
         field = next(iter(extra))

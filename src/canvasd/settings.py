@@ -174,6 +174,15 @@ def _model_items(value: Any) -> Any:
     return value
 
 
+def _memory_size(value: Any) -> Any:
+    """`24GiB`, `16 GB` or a byte count (canvasd.backends.memory.parse_bytes)."""
+    if value is None or value == "":
+        return None
+    from canvasd.backends.memory import parse_bytes
+
+    return parse_bytes(value)
+
+
 def _string_list(value: Any) -> Any:
     """A list, or one comma-separated string (`CANVASD_API_KEYS=k1,k2`), or a JSON list."""
     if isinstance(value, str):
@@ -240,6 +249,13 @@ class Settings(BaseSettings):
     # "auto" = bf16 autocast where the CPU has native bf16 kernels, else fp32 (canvasd.backends.precision).
     precision: Precision = Field("auto", description="Denoiser arithmetic: auto (bf16 where the CPU has native "
                                  "bf16 kernels, else fp32), fp32 or bf16.")
+    # Models on demand (canvasd.backends.registry): a load that would go over a device's limit first
+    # unloads that device's least recently used model, after its running jobs.
+    max_loaded_models: int | None = Field(
+        None, ge=1, description="Most models loaded at once on one device (none: no limit).")
+    device_memory_budget: Annotated[int | None, BeforeValidator(_memory_size)] = Field(
+        None, description="Bytes of model weights one device may hold, e.g. 40GiB or 16GB (none: no "
+        "limit); estimated from the weight files before a model's first load, measured after it.")
     # Each render thread takes a core from the engine's torch threads, hence few.
     render_threads: int | None = Field(
         None, ge=1, description="Images fitted/encoded at once (none: half the cores, at least 1).")

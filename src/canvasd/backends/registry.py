@@ -28,15 +28,14 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
-from canvasd.backends.base import Backend, Capabilities
-from canvasd.backends.memory import (
-    device_allocated_bytes,
-    estimate_weight_bytes,
-    format_bytes,
-    parse_bytes,
-)
+from canvasd.backends.base import Backend
+from canvasd.contracts import Capabilities
+from canvasd.backends.memory import device_allocated_bytes, estimate_weight_bytes, format_bytes
+
+if TYPE_CHECKING:  # pragma: no cover
+    from canvasd.settings import ModelSettings, Settings
 
 log = logging.getLogger("canvasd.registry")
 
@@ -44,10 +43,18 @@ ModelState = Literal["unloaded", "loading", "loaded", "failed"]
 PROGRESS_EVERY_S = 15.0  # a load still running is reported in the log this often
 
 
-def build_backend(spec: Any, precision: str = "auto") -> Backend:
+def build_backend(spec: "ModelSettings", precision: str = "auto") -> Backend:
     from canvasd.registry import build_backend as build
 
     return build(spec, precision)
+
+
+class LoadFailed(Exception):
+    """`acquire` of a model whose load has failed: carries the load's error."""
+
+    def __init__(self, model: str, error: BaseException | None):
+        super().__init__(str(error))
+        self.model, self.error = model, error
 
 
 class Lease:
@@ -111,7 +118,9 @@ class _Slot:
 class ModelRegistry:
     """The configured local models, their backends, and their load state."""
 
-    def __init__(self, settings: Any, backends: dict[str, Backend] | None = None):
+    def __init__(self, settings: "Settings", backends: dict[str, Backend] | None = None):
+        """`backends`: built from `settings.models` when not given (tests and the benchmark pass
+        their own); a backend's model settings, when present, give its `preload`."""
         self.settings = settings
         specs = {m.id: m for m in settings.models}
         if backends is None:
@@ -122,13 +131,12 @@ class ModelRegistry:
         self._slots: dict[str, _Slot] = {}
         for index, (model_id, backend) in enumerate(backends.items()):
             spec = specs.get(model_id)
-            preload = getattr(spec, "preload", None)
+            preload = spec.preload if spec is not None else None
             self._slots[model_id] = _Slot(
-                model_id, backend, preload=(index == 0) if preload is None else bool(preload),
-                path=getattr(spec, "path", None) or getattr(backend, "path", None))
-        self.max_loaded = getattr(settings, "max_loaded_models", None) or None
-        budget = getattr(settings, "device_memory_budget", None)
-        self.memory_budget = parse_bytes(budget) if budget not in (None, 0, "") else None
+                model_id, backend, preload=(index == 0) if preload is None else preload,
+                path=(spec.path if spec is not None else None) or getattr(backend, "path", None))
+        self.max_loaded: int | None = settings.max_loaded_models
+        self.memory_budget: int | None = settings.device_memory_budget
         self._preload_started = False
 
     # ------------------------------------------------------------------ what the API asks ----
@@ -197,7 +205,8 @@ class ModelRegistry:
 
     def acquire(self, model_id: str, wake: Callable[[], None] | None = None) -> Lease:
         """A lease on `model_id`: granted now when the model is loaded, else when its load (started
-        here if needed) ends; `wake()` is called (without any lock held) when it settles."""
+        here if needed) ends; `wake()` is called (without any lock held) when it settles. Raises
+        `LoadFailed` when the model has already failed to load."""
         lease = Lease(self, model_id, wake)
         lease.granted = False
         start_load = False
@@ -205,8 +214,8 @@ class ModelRegistry:
             slot = self._slots[model_id]
             slot.last_used = time.monotonic()
             if slot.state == "failed":
-                lease.error = slot.error
-            elif slot.state == "loaded" and not slot.draining:
+                raise LoadFailed(model_id, slot.error)
+            if slot.state == "loaded" and not slot.draining:
                 slot.in_flight += 1
                 lease.granted = True
             else:

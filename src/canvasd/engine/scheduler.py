@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Hashable
 
 from canvasd import metrics
 from canvasd.backends.base import Backend, StepCallback, StepwiseBackend, as_stepwise, count_prompt_tokens
+from canvasd.backends.registry import LoadFailed
 from canvasd.settings import Settings
 from canvasd.contracts import Cancelled, Job, Sample
 from canvasd.engine.events import (
@@ -232,9 +233,10 @@ class Engine:
             key = (job.model, _WHOLE_JOB)
         handle = LocalJobHandle(job, loop, self)
         # Outside the engine's lock: a lease may start the model's load.
-        lease = self._models.acquire(job.model, self._wake) if self._models is not None else None
-        if lease is not None and lease.error is not None:
-            raise _unavailable(job.model, lease.error)
+        try:
+            lease = self._models.acquire(job.model, self._wake) if self._models is not None else None
+        except LoadFailed as exc:  # the model failed to load before: refused at once
+            raise _unavailable(job.model, exc.error or exc) from None
         try:
             with self._cond:
                 if self._closing:
