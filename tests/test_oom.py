@@ -218,3 +218,36 @@ def test_over_http_the_request_that_does_not_fit_gets_a_server_error(live_server
     assert "1024x1024" in body["message"]
     assert info.value.response.headers["x-should-retry"] == "false"
     assert all(len(r.data) == 1 and r.data[0].b64_json for r in results)
+
+
+# ----------------------------------------------------------------------------- on a GPU -----
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@needs_cuda
+async def test_real_cuda_out_of_memory_is_split_and_a_too_big_image_fails_alone(engine_for):
+    """Steps that really allocate device memory: 40% of what is free per 64 px sample (two fit,
+    three do not), three times that for a 128 px sample (never fits)."""
+    free, _ = torch.cuda.mem_get_info()
+    per_sample = int(free * 0.4)
+
+    class CudaHungry(FakeBackend):
+        device = "cuda:0"
+
+        def step(self, samples):
+            need = sum(per_sample * (3 if s.job.width > 64 else 1) for s in samples)
+            block = torch.empty(need, dtype=torch.uint8, device="cuda")
+            block.fill_(1)
+            del block
+            super().step(samples)
+
+    fake = CudaHungry(key=lambda j: "one key")
+    engine = engine_for(fake)
+    small = [engine.submit(job(seed=s)) for s in range(3)]
+    big = engine.submit(job(seed=9, size=128))
+    engine.start()
+    assert [(await h.result())[0].getpixel((0, 0))[:3] for h in small] == [seed_colour(s) for s in range(3)]
+    with pytest.raises(OutOfDeviceMemory, match="128x128.*cuda:0"):
+        await big.result()
+    assert max(len(b) for b in fake.batches) <= 2

@@ -297,3 +297,26 @@ def _wait(cond, timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.02)
     return False
+
+
+# ----------------------------------------------------------------------------- on a GPU -----
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_sizes_are_measured_and_the_budget_unloads(tmp_path_factory):
+    import torch
+    from tiny_pipelines import build_tiny_sd_pipeline
+
+    from canvasd.backends.diffusers import DiffusersBackend
+
+    path = build_tiny_sd_pipeline(tmp_path_factory.mktemp("sd"))
+    a, b = DiffusersBackend("a", str(path), device="cuda"), DiffusersBackend("b", str(path), device="cuda")
+    settings = Settings(models=[ModelSettings(id=m, backend="emoji") for m in "ab"], max_loaded_models=1)
+    reg = ModelRegistry(settings, {"a": a, "b": b})
+    reg.preload()
+    size = reg.describe("a")["memory_bytes"]
+    assert size > 0 and reg.describe("a")["device"] == "cuda:0"
+    with_a = torch.cuda.memory_allocated()
+    reg.acquire("b").release()
+    assert _wait(lambda: reg.state("b") == "loaded")
+    assert reg.state("a") == "unloaded" and not a.loaded
+    assert torch.cuda.memory_allocated() <= with_a + size // 10  # a's weights went, b's came
