@@ -9,7 +9,6 @@ encoded by the same `render_one`.
 from __future__ import annotations
 
 import asyncio
-import threading
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -41,8 +40,9 @@ def run_request(settings: Any, body: dict[str, Any]) -> tuple[list[bytes], Any]:
     from canvasd.api import rules
     from canvasd.api.errors import OpenAIError
     from canvasd.api.render import Renderer
-    from canvasd.engine.scheduler import Engine
     from canvasd.backends.registry import ModelRegistry
+    from canvasd.engine.events import ModelUnavailable
+    from canvasd.engine.scheduler import Engine
 
     registry = ModelRegistry(settings)
     try:
@@ -51,19 +51,16 @@ def run_request(settings: Any, body: dict[str, Any]) -> tuple[list[bytes], Any]:
         flag = {"model": "request-model", "output_format": "output"}.get(exc.param or "", exc.param or "")
         raise CommandError(f"--{flag.replace('_', '-')}: {exc.message}" if flag else exc.message) from None
 
-    # Load on a thread that then exits, as the server does: torch work on a thread that stays
-    # alive leaves an OpenMP team behind that slows the engine's steps.
-    loader = threading.Thread(target=registry.load_all, name="canvasd-load")
-    loader.start()
-    loader.join()
-    if registry.load_error is not None:
-        raise registry.load_error
-
     async def generate() -> list[bytes]:
-        engine = Engine(registry.backends, settings)
+        # The registry loads the requested model on its first job, on a thread that then exits, as
+        # in the server (torch work on a thread that stays alive leaves an OpenMP team behind that
+        # slows the engine's steps).
+        engine = Engine(registry.backends, settings, models=registry)
         engine.start()
         try:
             images = await engine.submit(plan.job).result()
+        except ModelUnavailable as exc:
+            raise CommandError(str(exc)) from None
         finally:
             await engine.ashutdown(timeout_s=5.0)
         return await Renderer(settings.render_threads).all(images, plan.out)
