@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 from api_support import ShapeBackend
-from fakes import FakeBackend, seed_colour
+from canvasd.testing.fakes import FakeBackend, seed_colour
 
 from canvasd.backends import registry as registry_mod
 from canvasd.backends.memory import estimate_weight_bytes, parse_bytes
