@@ -233,7 +233,7 @@ def test_store_expiry(store):
 )
 def test_store_rejects_traversal_and_foreign_names(store, name):
     (store.root.parent / "secret.png").write_bytes(b"private")
-    sig = store._sign(name, 2_000_000_000)  # even a correctly signed foreign name is refused
+    sig = store.signer.sign(name, 2_000_000_000)  # even a correctly signed foreign name is refused
     with pytest.raises(NotFound):
         store.open(name, 2_000_000_000, sig)
 
@@ -272,7 +272,7 @@ def test_sweeper_thread_sweeps_and_stops(tmp_path):
     while (tmp_path / stored.name).exists() and time.time() < deadline:
         time.sleep(0.01)
     assert not (tmp_path / stored.name).exists()
-    thread = store._sweeper
+    thread = store._sweeper._thread
     assert thread is not None and thread.daemon and thread.is_alive()
     store.stop_sweeper()
     assert not thread.is_alive()

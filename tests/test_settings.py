@@ -140,6 +140,13 @@ ENV_SAMPLES = {
     "max_upload_bytes": ("1000", 1000),
     "max_upload_pixels": ("4096", 4096),
     "log_level": ("debug", "debug"),
+    "image_store": ("s3://bucket/prefix", "s3://bucket/prefix"),
+    "s3_endpoint_url": ("http://127.0.0.1:9000", "http://127.0.0.1:9000"),
+    "s3_presigned_urls": ("true", True),
+    "replicas": ("2", 2),
+    "ray_address": ("auto", "auto"),
+    "ingress_replicas": ("3", 3),
+    "ray_object_store_mb": ("512", 512),
 }
 
 
@@ -225,11 +232,23 @@ def test_flag_errors_name_the_flag():
 
 def test_settings_declared_for_later_work_are_refused_until_honoured():
     for extra in (dict(device="cuda:0"), dict(dtype="bf16"), dict(offload="model"),
-                  dict(replicas=2), dict(loras=[dict(name="x", path="/x.safetensors")])):
+                  dict(loras=[dict(name="x", path="/x.safetensors")])):
         spec = ModelSettings(id="m", backend="emoji", **extra)
         field = next(iter(extra))
         with pytest.raises(SettingsError, match=rf"^model 'm': {field} = .* is not supported yet"):
             build_backend(spec)
+
+
+def test_ray_only_model_settings_are_refused_by_a_single_process_server():
+    from canvasd.registry import check_single_process
+
+    for extra in (dict(replicas=2), dict(min_replicas=1), dict(max_replicas=3), dict(num_cpus=0.5),
+                  dict(num_gpus=1)):
+        settings = Settings(models=[ModelSettings(id="m", backend="emoji", **extra)])
+        field = next(iter(extra))
+        with pytest.raises(SettingsError, match=rf"^model 'm': {field} applies only to Ray Serve"):
+            check_single_process(settings)
+    check_single_process(Settings(models=[ModelSettings(id="m", backend="emoji")]))
 
 
 # ------------------------------------------------------------------------------- the CLI -----

@@ -22,12 +22,19 @@ NOT_YET_HONOURED: dict[str, tuple[object, ...]] = {
     "offload": ("none",),
     "vae_tiling": ("auto",),
     "loras": ([],),
-    "replicas": (None,),
-    "min_replicas": (None,),
-    "max_replicas": (None,),
-    "num_cpus": (None,),
-    "num_gpus": (None,),
 }
+
+# Per-model settings that only a Ray Serve deployment honours (canvasd.serve.ray).
+RAY_ONLY = ("replicas", "min_replicas", "max_replicas", "num_cpus", "num_gpus")
+
+
+def check_single_process(settings: Settings) -> None:
+    """A single-process server refuses the Ray-only model settings rather than ignore them."""
+    for spec in settings.models:
+        for field in RAY_ONLY:
+            if getattr(spec, field) is not None:
+                raise SettingsError(f"model {spec.id!r}: {field} applies only to Ray Serve "
+                                    "(set replicas or ray_address, or RAY_ADDRESS)")
 
 
 # Rows of NOT_YET_HONOURED a backend does honour.

@@ -262,6 +262,22 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(50 * 1024 * 1024, ge=1, description="Largest uploaded image, bytes.")
     max_upload_pixels: int = Field(
         4096 * 4096, ge=1, description="Most pixels of one uploaded image (decompression-bomb guard).")
+    # Several servers (Ray ingress replicas) read one store: canvasd.media.store.open_store.
+    image_store: str | None = Field(
+        None, description="Where `url` images live: file:///dir or s3://bucket/prefix (none: image_dir).")
+    s3_endpoint_url: str | None = Field(
+        None, description="S3-compatible server of an s3:// image_store: MinIO, Ceph, R2... (none: AWS).")
+    s3_presigned_urls: bool = Field(
+        False, description="Answer `url` requests with the bucket's own presigned URLs (s3:// image_store).")
+    # Ray Serve (canvasd.serve.ray): `replicas` or `ray_address` switches `canvasd serve` from this
+    # process to an ingress + engine replicas deployment; models may override `replicas`.
+    replicas: int | None = Field(
+        None, ge=1, description="Ray Serve: engine replicas per model on a local Ray (pip install canvasd[ray]).")
+    ray_address: str | None = Field(
+        None, description="Ray Serve: deploy onto this Ray cluster (auto, ray://host:10001...; or RAY_ADDRESS).")
+    ingress_replicas: int = Field(1, ge=1, description="Ray Serve: copies of the API app (they hold no model).")
+    ray_object_store_mb: int = Field(
+        256, ge=64, description="Ray Serve: object store of a local Ray, MB (images in flight only).")
     log_level: LogLevel = Field("info", description="Log level of canvasd and uvicorn.")
 
     @classmethod
@@ -289,6 +305,11 @@ class Settings(BaseSettings):
             if target not in ids:
                 raise ValueError(f"{name!r} maps to {target!r}, which is not a configured model ({', '.join(ids)})")
         return aliases
+
+    @property
+    def scale_out(self) -> bool:
+        """Serve through Ray Serve rather than in this process."""
+        return bool(self.replicas or self.ray_address)
 
     @property
     def default_model(self) -> str:

@@ -13,6 +13,7 @@ import hmac
 import json
 import logging
 import os
+import socket
 import threading
 import time
 import uuid
@@ -44,8 +45,9 @@ from canvasd.engine.events import (
     OutOfDeviceMemory,
     QueueFull,
     ShuttingDown,
+    WorkerLost,
 )
-from canvasd.media.store import Expired, ImageStore, InvalidSignature, NotFound
+from canvasd.media.store import Expired, ImageStorage, InvalidSignature, NotFound, open_store
 from canvasd.backends.registry import ModelRegistry
 from canvasd.web import mount_playground
 
@@ -56,11 +58,14 @@ IMAGE_ENDPOINTS = ("images/generations", "images/edits", "images/variations")
 
 
 class RequestContext:
-    """Pure ASGI middleware: x-request-id on every response, one access-log line and the HTTP
-    metrics per request, and the OpenAI 500 envelope for anything that escaped the routes."""
+    """Pure ASGI middleware: x-request-id and x-canvasd-server (which server process answered:
+    with several ingress replicas behind one address, operators and tests need to know) on every
+    response, one access-log line and the HTTP metrics per request, and the OpenAI 500 envelope
+    for anything that escaped the routes."""
 
-    def __init__(self, app: ASGIApp):
+    def __init__(self, app: ASGIApp, server_name: str = ""):
         self.app = app
+        self.server_name = server_name
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -80,6 +85,8 @@ class RequestContext:
                 headers = MutableHeaders(scope=message)
                 if "x-request-id" not in headers:
                     headers.append("x-request-id", request_id)
+                if self.server_name:
+                    headers.append("x-canvasd-server", self.server_name)
                 headers.append("openai-processing-ms", str(int((time.perf_counter() - started) * 1000)))
             await send(message)
 
@@ -118,7 +125,7 @@ def _endpoint_label(path: str) -> str:
 class Service:
     """Everything the routes share."""
 
-    def __init__(self, settings: Settings, registry: ModelRegistry, engine: EngineClient, store: ImageStore):
+    def __init__(self, settings: Settings, registry: ModelRegistry, engine: EngineClient, store: ImageStorage):
         self.settings = settings
         self.registry = registry
         self.engine = engine
@@ -176,6 +183,8 @@ class Service:
             return E.server_error("The server is shutting down; retry shortly.", retry=True, status=503)
         if isinstance(exc, Cancelled):
             return E.server_error("The request was cancelled.")
+        if isinstance(exc, WorkerLost):
+            return E.server_error(f"{exc} Retry the request.", retry=True)
         if isinstance(exc, OutOfDeviceMemory):
             return E.server_error(str(exc))
         if isinstance(exc, ModelUnavailable):
@@ -183,10 +192,14 @@ class Service:
         log.error("generation failed: %r", exc, exc_info=exc)
         return E.server_error()
 
-    def submit(self, plan: rules.Plan) -> JobHandle:
+    async def submit(self, plan: rules.Plan) -> JobHandle:
+        """Queue the job; returns once an engine has accepted it (a remote engine may refuse it
+        only then: its queue full -> the same 429)."""
         self.ensure_ready()
         try:
-            return self.engine.submit(plan.job)
+            handle = self.engine.submit(plan.job)
+            await handle.accepted()
+            return handle
         except QueueFull as exc:
             metrics.REJECTED.inc()
             raise E.rate_limited(exc.retry_after, "the server's image queue is full.") from None
@@ -206,10 +219,12 @@ class Service:
         access = request.state.access
         access.update(model=plan.model, n=plan.job.n, size=plan.out.size, quality=plan.out.quality,
                       steps=plan.job.steps, stream=plan.out.stream, seed=plan.job.seed)
-        handle = self.submit(plan)
+        handle = await self.submit(plan)
         if plan.out.stream:
-            return sse_response(handle, plan, lambda n: self.usage_for(plan, n, handle), self.map_engine_error,
-                                access, self.renderer)
+            response = sse_response(handle, plan, lambda n: self.usage_for(plan, n, handle),
+                                    self.map_engine_error, access, self.renderer)
+            response.headers["x-canvasd-replica"] = handle.worker
+            return response
         watcher = asyncio.create_task(_cancel_on_disconnect(request, handle))
         try:
             images = await handle.result()
@@ -228,15 +243,15 @@ class Service:
         for blob in encoded:
             if plan.out.response_format == "url":
                 stored = await anyio.to_thread.run_sync(self.store.save, blob, plan.out.output_format)
-                url = (f"{self.public_base(request)}/v1/images/files/{stored.name}"
-                       f"?{self.store.signed_query(stored)}")
+                url = self.store.link(stored, self.public_base(request))
                 data.append(ImageData(url=url))
             else:
                 data.append(ImageData(b64_json=b64(blob)))
         access["encode_s"] = round(time.perf_counter() - t0, 3)
         body = build_response(int(time.time()), data, plan.out, usage, plan.safety_identifier,
                               plan.job.prompt)
-        return JSONResponse(body)
+        access["replica"] = handle.worker
+        return JSONResponse(body, headers={"x-canvasd-replica": handle.worker})
 
 
 async def _cancel_on_disconnect(request: Request, handle: JobHandle) -> None:
@@ -272,14 +287,18 @@ def _parse_json(body: bytes) -> dict[str, Any]:
 
 
 def create_app(settings: Settings, registry: ModelRegistry | None = None,
-               engine: EngineClient | None = None) -> FastAPI:
+               engine: EngineClient | None = None, server_name: str | None = None) -> FastAPI:
+    """`engine`: canvasd's in-process `Engine` by default, or another `EngineClient`
+    (`canvasd.serve.ray_client.RayEngineClient`); `server_name` goes out as x-canvasd-server
+    (default host:pid)."""
     registry = registry if registry is not None else ModelRegistry(settings)
     if engine is None:
         from canvasd.engine.scheduler import Engine
 
         engine = Engine(registry.backends, settings, models=registry)
     secret = settings.url_secret.encode() if settings.url_secret else os.urandom(32)
-    store = ImageStore(settings.image_dir, secret, settings.url_ttl_s)
+    store = open_store(settings.image_store or str(settings.image_dir), secret, settings.url_ttl_s,
+                       endpoint_url=settings.s3_endpoint_url, presigned_urls=settings.s3_presigned_urls)
     svc = Service(settings, registry, engine, store)
     strict = settings.compat == "strict"
 
@@ -303,7 +322,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None,
 
     app = FastAPI(title="canvasd", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = svc
-    app.add_middleware(RequestContext)
+    app.add_middleware(RequestContext, server_name=server_name or f"{socket.gethostname()}:{os.getpid()}")
     E.install_error_handlers(app)
 
     # --- image endpoints -----------------------------------------------------------------
@@ -362,7 +381,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None,
     async def image_file(request: Request, name: str) -> Response:
         q = request.query_params
         try:
-            path, media_type = store.open(name, q.get("expires", ""), q.get("sig", ""))
+            body = await anyio.to_thread.run_sync(store.fetch, name, q.get("expires", ""), q.get("sig", ""))
         except InvalidSignature:
             raise E.OpenAIError(403, "Invalid image URL: the signature does not match.",
                                 code="invalid_signature") from None
@@ -371,8 +390,10 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None,
                                 code="url_expired") from None
         except NotFound:
             raise E.OpenAIError(404, "No such image.", code="not_found") from None
-        return FileResponse(path, media_type=media_type,
-                            headers={"Cache-Control": f"private, max-age={settings.url_ttl_s}"})
+        headers = {"Cache-Control": f"private, max-age={settings.url_ttl_s}"}
+        if body.path is not None:
+            return FileResponse(body.path, media_type=body.media_type, headers=headers)
+        return Response(body.data, media_type=body.media_type, headers=headers)
 
     app.add_api_route("/v1/images/files/{name}", image_file, methods=["GET"])
     app.add_api_route("/images/files/{name}", image_file, methods=["GET"])

@@ -419,6 +419,33 @@ def http_batch_probe(base_url: str) -> Callable[[], tuple[float, float] | None]:
     return probe
 
 
+def sdk_request(client: Any, cfg: BenchConfig) -> RequestFn:
+    """One bench request through the official SDK (`AsyncOpenAI`): (latency, time to the first
+    partial image or None, images received)."""
+
+    async def do_request(req: RequestSpec, stream: bool) -> tuple[float, float | None, int]:
+        t0 = time.perf_counter()
+        body = request_body(req, cfg, stream)
+        if not stream:
+            response = await client.images.generate(**body)
+            count = sum(1 for d in response.data or [] if d.b64_json)
+            if not count:
+                raise RuntimeError("response without image data")
+            return time.perf_counter() - t0, None, count
+        events = await client.images.generate(**body)
+        ttfp, count = None, 0
+        async for event in events:
+            if event.type.endswith("partial_image") and ttfp is None:
+                ttfp = time.perf_counter() - t0
+            elif event.type.endswith("completed") and event.b64_json:
+                count += 1
+        if not count:
+            raise RuntimeError("stream ended without a completed image")
+        return time.perf_counter() - t0, ttfp, count
+
+    return do_request
+
+
 @contextlib.asynccontextmanager
 async def open_http(cfg: BenchConfig, spec: ModelSettings, scenario: str, image_dir: str) -> AsyncIterator[Runner]:
     """A canvasd server in a child process (batching on for "http", off for "http-serial"),
@@ -434,25 +461,7 @@ async def open_http(cfg: BenchConfig, spec: ModelSettings, scenario: str, image_
         client = AsyncOpenAI(base_url=server.base_url + "/v1", api_key=BENCH_KEY,
                              max_retries=0, timeout=cfg.level_timeout_s + 60)
 
-        async def do_request(req: RequestSpec, stream: bool) -> tuple[float, float | None, int]:
-            t0 = time.perf_counter()
-            body = request_body(req, cfg, stream)
-            if not stream:
-                response = await client.images.generate(**body)
-                count = sum(1 for d in response.data or [] if d.b64_json)
-                if not count:
-                    raise RuntimeError("response without image data")
-                return time.perf_counter() - t0, None, count
-            events = await client.images.generate(**body)
-            ttfp, count = None, 0
-            async for event in events:
-                if event.type.endswith("partial_image") and ttfp is None:
-                    ttfp = time.perf_counter() - t0
-                elif event.type.endswith("completed") and event.b64_json:
-                    count += 1
-            if not count:
-                raise RuntimeError("stream ended without a completed image")
-            return time.perf_counter() - t0, ttfp, count
+        do_request = sdk_request(client, cfg)
 
         # Warm-up: the first request also waits out a model still loading (503), bounded.
         deadline = time.monotonic() + cfg.ready_timeout_s

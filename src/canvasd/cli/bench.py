@@ -46,9 +46,15 @@ def bench(
         "--mfu/--no-mfu", help="Report model FLOPs utilisation (counts the denoiser's FLOPs, times a matmul).")] = True,
     quick: Annotated[bool, typer.Option(help="Concurrency 1,4; few requests.")] = False,
     out_dir: Annotated[Path, typer.Option(help="Where the JSON report and the plot go.")] = Path("benchmarks/results"),
+    replicas: Annotated[Optional[str], typer.Option(
+        help="Instead of the scenarios: Ray Serve with these engine replica counts side by side "
+        "(e.g. 1,2; the cores are split evenly between the replicas).")] = None,
 ) -> None:
-    """Benchmark side by side: raw engine, HTTP with batching, HTTP serial (the peers' design)."""
+    """Benchmark side by side: raw engine, HTTP with batching, HTTP serial (the peers' design);
+    with --replicas, 1..N engine replicas on Ray Serve (docs/scale-out.md)."""
     require_extra("bench")  # before minutes of work, not when the plot is drawn
+    if replicas is not None:
+        require_extra("ray")
     levels = _levels(concurrency)
     if not re.fullmatch(r"[1-9][0-9]*x[1-9][0-9]*", size):
         raise typer.BadParameter(f"expected WxH, got {size!r}", param_hint="'--size'")
@@ -71,4 +77,13 @@ def bench(
         cfg = BenchConfig(**overrides).effective()
     except ValueError as exc:
         raise CommandError(str(exc)) from None
+    if replicas is not None:
+        from canvasd.bench.replicas import run_replicas_bench
+
+        try:
+            counts = _levels(replicas)
+            run_replicas_bench(counts, cfg)
+        except (ValueError, typer.BadParameter) as exc:
+            raise CommandError(str(exc)) from None
+        return
     run_bench(cfg)

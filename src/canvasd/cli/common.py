@@ -90,6 +90,7 @@ def build_settings(config: Optional[Path], flags: dict[str, Any]) -> Settings:
 EXTRAS: dict[str, tuple[str, ...]] = {
     "bench": ("openai", "matplotlib", "psutil"),
     "train": ("cairosvg", "emoji", "matplotlib"),
+    "ray": ("ray", "boto3"),
 }
 
 

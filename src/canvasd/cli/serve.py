@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from typing import Any
 
 import typer
 
-from canvasd.cli.common import ConfigOpt, build_settings
+from canvasd.cli.common import ConfigOpt, build_settings, require_extra
 from canvasd.cli.options import settings_options
 from canvasd.settings import unknown_env_vars
 
@@ -18,12 +19,23 @@ def serve(config: ConfigOpt = None, **flags: Any) -> None:
     """Serve the OpenAI Images API (the embedded model when no --model is given).
 
     Every option is also the environment variable CANVASD_<NAME> and the key <name> of the TOML
-    file; flags win over the environment, which wins over the file."""
+    file; flags win over the environment, which wins over the file.
+
+    With --replicas or --ray-address (or RAY_ADDRESS): through Ray Serve, the same API in front and
+    engine replicas behind it (docs/scale-out.md)."""
     settings = build_settings(config, flags)
-    from canvasd.registry import check_honoured
+    from canvasd.registry import check_honoured, check_single_process
 
     for model in settings.models:
         check_honoured(model)
+    if settings.scale_out or os.environ.get("RAY_ADDRESS"):  # Ray's own variable names a cluster too
+        require_extra("ray")
+        from canvasd.serve.ray import serve_forever
+
+        logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        serve_forever(settings)
+        return
+    check_single_process(settings)
     import uvicorn
 
     from canvasd.api.app import create_app

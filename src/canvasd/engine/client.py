@@ -46,6 +46,17 @@ class JobHandle(Protocol):
         """The client went away: stop the job at the next step boundary (or drop it if queued)."""
         ...
 
+    @property
+    def worker(self) -> str:
+        """The engine instance that has the job (a Ray replica's name, host:pid in-process): the
+        `x-canvasd-replica` response header."""
+        ...
+
+    async def accepted(self) -> str:
+        """Returns `worker` once an engine has queued the job. An engine across a process boundary
+        may refuse only here (QueueFull, ShuttingDown); an in-process one refuses in `submit`."""
+        ...
+
 
 class EngineClient(Protocol):
     """An engine: accepts jobs, reports on them, shuts down."""

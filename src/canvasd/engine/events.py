@@ -51,6 +51,11 @@ class JobTimeout(EngineError):
     pass
 
 
+class WorkerLost(EngineError):
+    """The engine process running the job stopped (killed, out of memory, node lost) after part of
+    the answer had gone out, so the job could not be sent to another one."""
+
+
 class OutOfDeviceMemory(EngineError):
     """One image of the job did not fit in its device's memory even alone (the engine had already
     split the batch down to it); the API answers with a `server_error` carrying this message."""

@@ -34,6 +34,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
+import socket
 import sys
 import threading
 import time
@@ -125,6 +127,15 @@ class LocalJobHandle:
         return self._outcome is not None
 
     @property
+    def worker(self) -> str:
+        """The engine instance that runs the job (the `x-canvasd-replica` header)."""
+        return self._engine.name
+
+    async def accepted(self) -> str:
+        """The worker's name; `submit` has already queued the job (or raised QueueFull)."""
+        return self.worker
+
+    @property
     def timings(self) -> dict[str, float]:
         return self._outcome.timings if isinstance(self._outcome, JobFinished) else {}
 
@@ -207,6 +218,7 @@ class Engine:
         # groups of the key start there instead of running out again.
         self._fit_cap: dict[Hashable, int] = {}
         self.steps_done = 0
+        self.name = f"{socket.gethostname()}:{os.getpid()}"  # this engine, as responses name it
 
     # ------------------------------------------------------------------ public interface ----
     def start(self) -> None:

@@ -1,5 +1,10 @@
 """Files behind `response_format=url`: stored on disk, served through HMAC-signed, expiring links.
 
+`ImageStorage` is what the API needs of any store (save, link, fetch, sweep); `ImageStore` here is
+the directory implementation (local or a shared mount), `canvasd.media.s3store.S3ImageStore` the
+S3-compatible one, and `open_store` picks one from an ``image_store`` url (``file:///dir`` or
+``s3://bucket/prefix``). Both name, sign and check links through one `LinkSigner`.
+
 A stored file's name is ``img-<expires_at>-<32 hex random>.<ext>``: unguessable (128 random bits),
 and it carries its own expiry, so `sweep` works after a restart without any index or sidecar.
 A url is ``…/<name>?expires=<unix>&sig=<hex HMAC-SHA256(secret, name + "\\n" + expires)>``.
@@ -21,7 +26,8 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
+from urllib.parse import unquote, urlparse
 
 from canvasd.media.encode import MEDIA_TYPES
 
@@ -54,46 +60,63 @@ class StoredImage:
     expires_at: int  # unix seconds; the url is valid up to and including this second
 
 
-class ImageStore:
-    def __init__(
-        self,
-        root: Path,
-        secret: bytes,
-        ttl_s: int,
-        *,
-        clock: Callable[[], float] = time.time,
-    ):
+@dataclass(frozen=True)
+class ImageBody:
+    """A stored image to answer with: a local file (`path`) or its bytes (`data`)."""
+
+    media_type: str
+    path: Path | None = None
+    data: bytes | None = None
+
+
+class ImageStorage(Protocol):
+    """What the API needs of a store behind `response_format=url`."""
+
+    ttl_s: int
+
+    def save(self, data: bytes, output_format: str) -> StoredImage: ...
+
+    def link(self, stored: StoredImage, base_url: str) -> str:
+        """The url the client gets; `base_url` is this server's public base (for links it serves)."""
+
+    def fetch(self, name: str, expires: int | str, sig: str) -> ImageBody:
+        """The image behind a link this server signed; raises NotFound/InvalidSignature/Expired."""
+
+    def start_sweeper(self, interval_s: float = 60) -> None: ...
+
+    def stop_sweeper(self, timeout_s: float = 5.0) -> None: ...
+
+
+def files_path(name: str) -> str:
+    """The route (under the public base url) that serves a stored image by name."""
+    return f"/v1/images/files/{name}"
+
+
+class LinkSigner:
+    """Names stored images and signs/checks their links: the one rule both stores share."""
+
+    def __init__(self, secret: bytes, ttl_s: int, clock: Callable[[], float] = time.time):
         if not secret:
-            raise ValueError("ImageStore needs a non-empty secret")
+            raise ValueError("an image store needs a non-empty secret")
         if ttl_s <= 0:
             raise ValueError("ttl_s must be positive")
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
         self._secret = bytes(secret)
         self.ttl_s = int(ttl_s)
-        self._clock = clock
-        self._stop = threading.Event()
-        self._sweeper: threading.Thread | None = None
+        self.clock = clock
 
-    # -- writing ---------------------------------------------------------------------------
-    def save(self, data: bytes, output_format: str) -> StoredImage:
+    def new(self, output_format: str) -> StoredImage:
         ext = "jpeg" if output_format == "jpg" else output_format
         if ext not in MEDIA_TYPES:
             raise ValueError(f"unsupported output_format {output_format!r}")
-        expires_at = int(self._clock()) + self.ttl_s
-        name = f"img-{expires_at}-{secrets.token_hex(16)}.{ext}"
-        tmp = self.root / f"{_TMP_PREFIX}{name}"
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, self.root / name)
-        return StoredImage(name=name, expires_at=expires_at)
+        expires_at = int(self.clock()) + self.ttl_s
+        return StoredImage(name=f"img-{expires_at}-{secrets.token_hex(16)}.{ext}", expires_at=expires_at)
 
-    def signed_query(self, stored: StoredImage) -> str:
-        return f"expires={stored.expires_at}&sig={self._sign(stored.name, stored.expires_at)}"
+    def query(self, stored: StoredImage) -> str:
+        return f"expires={stored.expires_at}&sig={self.sign(stored.name, stored.expires_at)}"
 
-    # -- reading ---------------------------------------------------------------------------
-    def open(self, name: str, expires: int | str, sig: str) -> tuple[Path, str]:
-        """(path, media type) of a stored image, if the signed link is genuine and current."""
+    def check(self, name: str, expires: int | str, sig: str) -> str:
+        """The media type of a genuine, current link's image; raises NotFound, InvalidSignature
+        or Expired, in that order of checks."""
         match = _NAME_RE.match(name or "")
         if match is None:
             raise NotFound(name)
@@ -102,15 +125,105 @@ class ImageStore:
         except (TypeError, ValueError):
             raise InvalidSignature(name) from None
         if not isinstance(sig, str) or not hmac.compare_digest(
-            sig.lower().encode("ascii", "replace"), self._sign(name, expires_at).encode("ascii")
+            sig.lower().encode("ascii", "replace"), self.sign(name, expires_at).encode("ascii")
         ):
             raise InvalidSignature(name)
-        if self._clock() > expires_at:
+        if self.clock() > expires_at:
             raise Expired(name)
+        return MEDIA_TYPES[match.group(3)]
+
+    def is_expired(self, name: str) -> bool | None:
+        """Whether a stored name's own expiry has passed; None for names that are not ours."""
+        match = _NAME_RE.match(name)
+        return None if match is None else self.clock() > int(match.group(1))
+
+    def sign(self, name: str, expires_at: int) -> str:
+        msg = f"{name}\n{expires_at}".encode()
+        return hmac.new(self._secret, msg, hashlib.sha256).hexdigest()
+
+
+class Sweeper:
+    """Calls `sweep` now and then every `interval_s` seconds in a daemon thread until stopped."""
+
+    def __init__(self, sweep: Callable[[], int], name: str):
+        self._sweep = sweep
+        self._name = name
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, interval_s: float) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, args=(interval_s,), name=self._name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+
+    def _loop(self, interval_s: float) -> None:
+        while True:  # sweep at once too: files may have expired while the server was down
+            try:
+                removed = self._sweep()
+                if removed:
+                    log.debug("swept %d expired images", removed)
+            except Exception:  # noqa: BLE001 - a failed sweep is retried at the next interval
+                log.exception("image sweep failed")
+            if self._stop.wait(interval_s):
+                return
+
+
+class ImageStore:
+    """The directory store (the default, ``file:///dir``)."""
+
+    def __init__(
+        self,
+        root: Path,
+        secret: bytes,
+        ttl_s: int,
+        *,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.signer = LinkSigner(secret, ttl_s, clock)
+        self.ttl_s = self.signer.ttl_s
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._sweeper = Sweeper(self.sweep, "canvasd-image-sweeper")
+
+    @property
+    def _clock(self) -> Callable[[], float]:
+        return self.signer.clock
+
+    # -- writing ---------------------------------------------------------------------------
+    def save(self, data: bytes, output_format: str) -> StoredImage:
+        stored = self.signer.new(output_format)
+        tmp = self.root / f"{_TMP_PREFIX}{stored.name}"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, self.root / stored.name)
+        return stored
+
+    def signed_query(self, stored: StoredImage) -> str:
+        return self.signer.query(stored)
+
+    def link(self, stored: StoredImage, base_url: str) -> str:
+        return f"{base_url}{files_path(stored.name)}?{self.signer.query(stored)}"
+
+    # -- reading ---------------------------------------------------------------------------
+    def open(self, name: str, expires: int | str, sig: str) -> tuple[Path, str]:
+        """(path, media type) of a stored image, if the signed link is genuine and current."""
+        media_type = self.signer.check(name, expires, sig)
         path = self.root / name
         if not path.is_file():
             raise NotFound(name)
-        return path, MEDIA_TYPES[match.group(3)]
+        return path, media_type
+
+    def fetch(self, name: str, expires: int | str, sig: str) -> ImageBody:
+        path, media_type = self.open(name, expires, sig)
+        return ImageBody(media_type, path=path)
 
     # -- expiry ----------------------------------------------------------------------------
     def sweep(self) -> int:
@@ -120,9 +233,9 @@ class ImageStore:
         for entry in os.scandir(self.root):
             if not entry.is_file(follow_symlinks=False):
                 continue
-            match = _NAME_RE.match(entry.name)
-            if match is not None:
-                stale = now > int(match.group(1))
+            expired = self.signer.is_expired(entry.name)
+            if expired is not None:
+                stale = expired
             elif entry.name.startswith(_TMP_PREFIX):
                 stale = now - entry.stat().st_mtime > _TMP_MAX_AGE_S
             else:
@@ -136,32 +249,28 @@ class ImageStore:
         return removed
 
     def start_sweeper(self, interval_s: float = 60) -> None:
-        """Sweep now and then every `interval_s` seconds in a daemon thread until `stop_sweeper`."""
-        if self._sweeper is not None and self._sweeper.is_alive():
-            return
-        self._stop.clear()
-        self._sweeper = threading.Thread(
-            target=self._sweep_loop, args=(interval_s,), name="canvasd-image-sweeper", daemon=True
-        )
-        self._sweeper.start()
+        self._sweeper.start(interval_s)
 
     def stop_sweeper(self, timeout_s: float = 5.0) -> None:
-        self._stop.set()
-        if self._sweeper is not None:
-            self._sweeper.join(timeout_s)
-            self._sweeper = None
+        self._sweeper.stop(timeout_s)
 
-    def _sweep_loop(self, interval_s: float) -> None:
-        while True:  # sweep at once too: files may have expired while the server was down
-            try:
-                removed = self.sweep()
-                if removed:
-                    log.debug("swept %d expired images", removed)
-            except OSError:
-                log.exception("image sweep failed")
-            if self._stop.wait(interval_s):
-                return
 
-    def _sign(self, name: str, expires_at: int) -> str:
-        msg = f"{name}\n{expires_at}".encode()
-        return hmac.new(self._secret, msg, hashlib.sha256).hexdigest()
+def open_store(url: str, secret: bytes, ttl_s: int, *, endpoint_url: str | None = None,
+               presigned_urls: bool = False) -> ImageStorage:
+    """The store an ``image_store`` setting names: ``file:///dir`` (or a plain path) or
+    ``s3://bucket/prefix`` (boto3, imported only then)."""
+    parsed = urlparse(url)
+    if parsed.scheme == "s3":
+        from canvasd.media.s3store import S3ImageStore
+
+        if not parsed.netloc:
+            raise ValueError(f"image_store {url!r}: an s3:// url needs a bucket (s3://bucket/prefix)")
+        return S3ImageStore(parsed.netloc, parsed.path.strip("/"), secret, ttl_s,
+                            endpoint_url=endpoint_url, presigned_urls=presigned_urls)
+    if presigned_urls:
+        raise ValueError("s3_presigned_urls needs an s3:// image_store")
+    if parsed.scheme == "file":
+        return ImageStore(Path(unquote(parsed.path)), secret, ttl_s)
+    if parsed.scheme == "":
+        return ImageStore(Path(url), secret, ttl_s)
+    raise ValueError(f"image_store {url!r}: expected file:///dir or s3://bucket/prefix")
