@@ -302,6 +302,13 @@ def deploy(settings: Settings) -> str:
 
 def serve_forever(settings: Settings) -> None:
     """`canvasd serve --replicas N` / `--ray-address ADDR`: deploy, then hold until interrupted."""
+    import signal
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # SIGTERM (Kubernetes, systemd) and SIGINT take the same clean way out
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     url = deploy(settings)
     log.info("canvasd on Ray Serve at %s (%s)", url, ", ".join(
         f"{m.id}: {model_deployment_options(m, settings).get('num_replicas', 'autoscaling')}"
