@@ -68,10 +68,12 @@ def start_server(settings: Settings, registry: ModelRegistry, engine: EngineClie
     import uvicorn
 
     from canvasd.api.app import create_app
+    from canvasd.server import uvicorn_config
 
     app = create_app(settings, registry, engine)
     port = _free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
+    # the protocol, timeouts and proxy policy `canvasd serve` runs with (canvasd.server)
+    config = uvicorn_config(app, settings, log_level="warning", host="127.0.0.1", port=port,
                             timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)

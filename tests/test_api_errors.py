@@ -125,22 +125,29 @@ def test_missing_prompt_and_whitespace_prompt(url):
     assert gen(url, {"model": "test-model", "prompt": "   "}).status_code == 200
 
 
-def test_sizes(url):
-    e = err(gen(url, {"model": "gpt-image-1", "prompt": "x", "size": "1254x836"}))
+def test_sizes(url, strict_url):
+    """Strict mode mirrors each model's own size list; permissive mode honours any size the backend
+    can render on every model (Open WebUI sends 512x512 to gpt-image-1)."""
+    e = err(gen(strict_url, {"model": "gpt-image-1", "prompt": "x", "size": "1254x836"}))
     assert e["message"] == ("Invalid value: '1254x836'. Supported values are: '1024x1024', '1024x1536', "
                             "'1536x1024', and 'auto'.")
     e = err(gen(url, {"model": "gpt-image-2", "prompt": "x", "size": "bogus"}))
     assert e["message"] == "Invalid size 'bogus'. Expected WIDTHxHEIGHT, for example '1824x1024'."
     assert e["type"] == "image_generation_user_error"
-    e = err(gen(url, {"model": "gpt-image-2", "prompt": "x", "size": "1000x1000"}))
+    e = err(gen(strict_url, {"model": "gpt-image-2", "prompt": "x", "size": "1000x1000"}))
     assert e["message"] == "Invalid size '1000x1000'. Width and height must both be divisible by 16."
-    assert err(gen(url, {"model": "gpt-image-2", "prompt": "x", "size": "3840x640"}))["param"] == "size"  # 6:1
-    assert err(gen(url, {"model": "gpt-image-2", "prompt": "x", "size": "512x512"}))["param"] == "size"  # pixels
-    r = gen(url, {"model": "gpt-image-2", "prompt": "x", "size": "1536x864", "output_format": "jpeg"})
+    assert err(gen(strict_url, {"model": "gpt-image-2", "prompt": "x", "size": "3840x640"}))["param"] == "size"
+    assert err(gen(strict_url, {"model": "gpt-image-2", "prompt": "x", "size": "512x512"}))["param"] == "size"
+    r = gen(strict_url, {"model": "gpt-image-2", "prompt": "x", "size": "1536x864", "output_format": "jpeg"})
     assert r.status_code == 200 and r.json()["size"] == "1536x864"
-    e = err(gen(url, {"model": "dall-e-2", "prompt": "x", "size": "1024x1536"}))
+    e = err(gen(strict_url, {"model": "dall-e-2", "prompt": "x", "size": "1024x1536"}))
     assert "'256x256', '512x512', and '1024x1024'" in e["message"]
+    for model, size in (("gpt-image-1", "512x512"), ("gpt-image-2", "256x256"), ("dall-e-2", "1024x1536"),
+                        ("gpt-image-1", "1254x836")):
+        r = gen(url, {"model": model, "prompt": "x", "size": size, "response_format": "b64_json"})
+        assert r.status_code == 200, r.text[:300]
     assert err(gen(url, {"model": "test-model", "prompt": "x", "size": "4096x4096"}))["param"] == "size"
+    assert err(gen(url, {"model": "gpt-image-1", "prompt": "x", "size": "4096x4096"}))["param"] == "size"
 
 
 def test_cross_field_rules(url):

@@ -84,7 +84,8 @@ def test_access_log_line(server, caplog):
     assert "total_s" in line and "encode_s" in line
 
 
-def test_url_links_follow_proxy_headers_and_are_signed(server):
+def test_url_links_follow_proxy_headers_and_are_signed(live_server):
+    server = live_server(forwarded_allow_ips=["127.0.0.1"])  # the test client is the trusted proxy
     r = gen(server.url, {"response_format": "url"}, headers={
         "X-Forwarded-Proto": "https", "X-Forwarded-Host": "img.example.com", "X-Forwarded-Prefix": "/canvas/"})
     url = r.json()["data"][0]["url"]

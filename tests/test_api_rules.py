@@ -154,3 +154,66 @@ def test_guidance_scale_refused_for_a_model_without_guidance():
     with pytest.raises(OpenAIError) as err:
         plan({"model": "m", "guidance_scale": 3.0}, reg=reg)
     assert err.value.body()["error"]["param"] == "guidance_scale"
+
+
+@pytest.mark.parametrize("model", ["gpt-image-1", "gpt-image-1.5", "gpt-image-2", "dall-e-2", "dall-e-3", "m"])
+@pytest.mark.parametrize("size", rules.PRESET_SIZES + ("200x100",))
+def test_permissive_mode_honours_every_size_on_every_model(model, size):
+    p = plan({"model": model, "size": size})
+    assert p.out.size == size
+
+
+def test_strict_mode_keeps_per_model_size_refusals():
+    with pytest.raises(OpenAIError) as exc:
+        plan({"model": "gpt-image-1", "size": "512x512"}, strict=True)
+    assert exc.value.param == "size" and exc.value.code == "invalid_value"
+    with pytest.raises(OpenAIError) as exc:
+        plan({"model": "gpt-image-2", "size": "256x256"}, strict=True)
+    assert exc.value.param == "size"
+    assert plan({"model": "gpt-image-2", "size": "1824x1024"}, strict=True).out.size == "1824x1024"
+    assert plan({"model": "dall-e-2", "size": "512x512"}, strict=True).out.size == "512x512"
+
+
+def test_auto_size_is_1024_on_every_model_and_native_area_for_non_upscalers():
+    for model in (None, "m", "gpt-image-1", "gpt-image-2", "dall-e-3"):
+        body = {"model": model} if model else {}
+        assert plan(body).out.size == "1024x1024"
+    reg = registry(upscales=False, native=128, max_side=1024)
+    p = plan({"model": "m"}, reg=reg)
+    assert p.out.size == "1024x1024" and (p.job.width, p.job.height) == (128, 128)
+    wide = Image.new("RGBA", (300, 150))
+    p = plan({"model": "m"}, endpoint="edits", images=[wide], reg=reg)
+    assert p.out.size == "1536x1024" and p.job.width > p.job.height and p.job.width % 8 == 0
+
+
+def test_quality_echo_uses_the_values_the_profile_returns():
+    assert plan({"model": "gpt-image-2", "quality": "xhigh"}).out.quality == "high"
+    assert plan({"model": "gpt-image-2.5-flare", "quality": "xhigh"}).out.quality == "xhigh"
+    assert plan({"model": "m", "quality": "max"}).out.quality == "max"
+    assert plan({"model": "gpt-image-1", "quality": "auto"}).out.quality == "medium"
+
+
+def test_variations_without_model_take_the_dalle2_profile():
+    p = plan({}, endpoint="variations", images=[Image.new("RGBA", (64, 64))])
+    assert p.model == "dall-e-2" and p.out.shape == "dall-e-2"
+    assert (p.out.response_format, p.out.size) == ("url", "1024x1024")
+    assert p.job.model == "m"
+
+
+def test_automatic1111_aliases_in_permissive_mode_only():
+    p = plan({"model": "m", "steps": 7, "cfg_scale": 3.5})
+    assert (p.job.steps, p.job.guidance_scale) == (7, 3.5)
+    with pytest.raises(OpenAIError) as exc:
+        plan({"model": "m", "steps": 7, "num_inference_steps": 8})
+    assert exc.value.param == "steps"
+    with pytest.raises(OpenAIError) as exc:
+        plan({"model": "m", "steps": 0})
+    assert exc.value.param == "steps" and exc.value.code == "integer_below_min_value"
+    assert plan({"model": "m", "steps": "6"}, endpoint="edits", images=[Image.new("RGBA", (64, 64))]).job.steps == 6
+    for key in ("sampler_name", "restore_faces"):
+        with pytest.raises(OpenAIError) as exc:
+            plan({"model": "m", key: "x"})
+        assert exc.value.code == "unknown_parameter"
+    with pytest.raises(OpenAIError) as exc:
+        plan({"model": "m", "steps": 7}, strict=True)
+    assert exc.value.code == "unknown_parameter" and exc.value.param == "steps"

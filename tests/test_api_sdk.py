@@ -115,9 +115,25 @@ def test_gpt_image_sizes(client, size, expected):
     assert r.size == f"{expected[0]}x{expected[1]}"
 
 
-def test_local_model_auto_size_is_native(client):
-    r = client.images.generate(model="test-model", prompt="x", size="auto")
-    assert decode(r.data[0].b64_json).size == (64, 64) and r.size == "64x64"
+@pytest.mark.parametrize("model", [None, "test-model", "gpt-image-1", "gpt-image-2", "dall-e-2"])
+def test_auto_size_is_what_the_real_api_gives_on_every_model(client, model):
+    """No model and no size (`client.images.generate(prompt=...)`) is 1024x1024, as upstream;
+    the strict response validation of older SDKs accepts the echoed size."""
+    kw = {"model": model} if model else {}
+    r = client.images.generate(prompt="x", response_format="b64_json", **kw)
+    assert decode(r.data[0].b64_json).size == (1024, 1024)
+    if model in (None, "test-model", "gpt-image-1", "gpt-image-2"):
+        assert r.size == "1024x1024"
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # create_variation is deprecated in the SDK
+def test_variation_without_model_is_dalle2(client, server):
+    """DALL-E 2 sample code: `create_variation(image=...).data[0].url` is a fetchable 1024x1024 image."""
+    r = client.images.create_variation(image=("v.png", png_bytes((64, 64)), "image/png"))
+    assert r.usage is None and r.size is None and r.quality is None
+    assert r.data[0].url and r.data[0].b64_json is None
+    got = httpx.get(r.data[0].url, timeout=30)
+    assert got.status_code == 200 and Image.open(io.BytesIO(got.content)).size == (1024, 1024)
 
 
 def test_stream_partial_images(client):

@@ -299,3 +299,24 @@ def test_jpeg_high_quality_noise_does_not_overflow_pillow_buffer():
 def test_transparent_request_on_opaque_image_writes_rgb():
     for fmt in ("png", "webp"):
         assert decode(encode_image(photo_like(), fmt, None, True)).mode == "RGB"
+
+
+def test_store_names_are_ascii_and_matched_whole(store):
+    stored = store.save(b"x", "png")
+    hexpart = stored.name.split("-")[2].split(".")[0]
+    exp = stored.expires_at
+    for name in (stored.name + "\n",  # `$` in a search would accept this
+                 f"img-{str(exp).translate(str.maketrans('0123456789', '٠١٢٣٤٥٦٧٨٩'))}-{hexpart}.png"):
+        with pytest.raises(NotFound):  # refused by name, before the signature is even checked
+            store.open(name, str(exp), store._sign(name, exp))
+
+
+def test_store_does_not_follow_symlinks(store, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not an image")
+    stored = store.save(b"x", "png")
+    name = stored.name.replace(stored.name.split("-")[2][:32], "f" * 32)
+    os.symlink(secret, store.root / name)
+    with pytest.raises(NotFound):
+        store.open(name, str(stored.expires_at), store._sign(name, stored.expires_at))
+    assert store.sweep() == 0 and (store.root / name).is_symlink()  # the sweeper leaves it alone too

@@ -18,6 +18,7 @@ source at all: only `load_settings` does.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import os
 import tomllib
@@ -193,6 +194,16 @@ def _string_list(value: Any) -> Any:
     return value
 
 
+def _check_networks(entries: list[str]) -> list[str]:
+    for entry in entries:
+        if entry != "*":
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address, a CIDR network or *") from None
+    return entries
+
+
 def _name_table(value: Any) -> Any:
     """A table, or `a=b` items (one comma-separated string, or a list of them), or a JSON object."""
     if isinstance(value, str):
@@ -236,7 +247,13 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Bind address.")
     port: int = Field(8000, ge=0, le=65535, description="Port.")
     public_base_url: str | None = Field(
-        None, description="Base of `url` responses (none: from the request's Host and X-Forwarded-*).")
+        None, description="Base of `url` responses (none: from the request's Host).")
+    forwarded_allow_ips: Annotated[list[str], NoDecode, BeforeValidator(_string_list),
+                                   AfterValidator(_check_networks),
+                                   Flag("--forwarded-allow-ip", "IP-or-CIDR")] = Field(
+        default_factory=list,
+        description="Proxies (IPs, CIDR networks, * for any) whose X-Forwarded-Host/-Proto/-Prefix "
+        "set the base of `url` responses (none: forwarded headers are ignored).")
     url_ttl_s: int = Field(3600, gt=0, description="Lifetime of signed image URLs, seconds.")
     image_dir: Path = Field(Path(".canvasd/images"), description="Where `url` images are stored; expired files are swept.")
     url_secret: str | None = Field(
@@ -278,6 +295,26 @@ class Settings(BaseSettings):
     ingress_replicas: int = Field(1, ge=1, description="Ray Serve: copies of the API app (they hold no model).")
     ray_object_store_mb: int = Field(
         256, ge=64, description="Ray Serve: object store of a local Ray, MB (images in flight only).")
+    max_request_pixels: int = Field(
+        4096 * 4096, ge=1, description="Most pixels of all uploaded images of one request together, "
+        "counted from their headers before any is decoded.")
+    decode_threads: int = Field(
+        2, ge=1, description="Requests whose uploads are decoded at once (each holds up to "
+        "max_request_pixels decoded pixels).")
+    sse_keepalive_s: float = Field(
+        15.0, gt=0, description="A `: keepalive` comment goes out in a stream idle this long, seconds.")
+    # a container's grace period is usually 30 s: the default leaves room for a step in progress,
+    # the error responses and the exit
+    shutdown_timeout_s: float = Field(
+        20.0, ge=0, description="On SIGTERM, running jobs get this long to finish, then are "
+        "cancelled with an OpenAI error; seconds.")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="A connection's request head must be complete within this, seconds.")
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="Longest wait for the next chunk of a request body (then 408), seconds.")
+    keepalive_timeout_s: float = Field(5.0, gt=0, description="Idle keep-alive connections close after this, seconds.")
+    max_connections: int = Field(1000, ge=1, description="Open connections; beyond, 503 and close.")
+    max_header_bytes: int = Field(64 * 1024, ge=1024, description="Request line and headers, bytes.")
     log_level: LogLevel = Field("info", description="Log level of canvasd and uvicorn.")
 
     @classmethod

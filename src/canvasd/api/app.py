@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 import uuid
+import weakref
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -27,16 +28,20 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from canvasd import metrics
+from canvasd import __version__, metrics
 from canvasd.api import errors as E
 from canvasd.api import rules
+from canvasd.api.bodytimeout import BodyReadTimeout
 from canvasd.api.images import load_form_images, load_json_images
+from canvasd.api.jsonbody import parse_json_object
+from canvasd.api.jsonstream import parse_json_edit, spool_body
 from canvasd.api.multipart import JSON_BODY_MAX, read_limited, read_multipart, total_body_limit
+from canvasd.api.openapi import build_openapi
 from canvasd.api.protocol import ImageData, Usage, build_response, compute_usage
 from canvasd.api.render import Renderer, b64
 from canvasd.api.streaming import sse_response
+from canvasd.api.urls import TrustedProxies, public_base
 from canvasd.contracts import Cancelled, word_count_tokens
-from canvasd.settings import OPENAI_ALIASES, Settings
 from canvasd.engine.client import EngineClient, JobHandle
 from canvasd.engine.events import (
     EngineError,
@@ -48,6 +53,7 @@ from canvasd.engine.events import (
     WorkerLost,
 )
 from canvasd.media.store import Expired, ImageStorage, InvalidSignature, NotFound, open_store
+from canvasd.settings import OPENAI_ALIASES, Settings
 from canvasd.backends.registry import ModelRegistry
 from canvasd.web import mount_playground
 
@@ -131,7 +137,33 @@ class Service:
         self.engine = engine
         self.store = store
         self.renderer = Renderer(settings.render_threads)
+        self.proxies = TrustedProxies(tuple(settings.forwarded_allow_ips))
+        self.draining = False
+        self._drain_thread: threading.Thread | None = None
         self.created = int(time.time())
+        # uploads are decoded (and data URLs parsed) by at most `decode_threads` threads at once:
+        # each may hold up to `max_request_pixels` decoded pixels
+        self._decode_limiters: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def decode_limiter(self) -> anyio.CapacityLimiter:
+        loop = asyncio.get_running_loop()  # anyio limiters belong to one event loop
+        if (lim := self._decode_limiters.get(loop)) is None:
+            lim = self._decode_limiters[loop] = anyio.CapacityLimiter(self.settings.decode_threads)
+        return lim
+
+    # --- shutdown -------------------------------------------------------------------------
+    def begin_drain(self) -> None:
+        """Shutdown starts now (the server calls this on SIGTERM, before it waits for
+        connections): the engine stops admitting, fails what is queued, and cancels what still
+        runs `shutdown_timeout_s` from now. Idempotent; returns at once."""
+        if self.draining:
+            return
+        self.draining = True
+        log.info("shutting down: running jobs have %.0fs to finish", self.settings.shutdown_timeout_s)
+        self._drain_thread = threading.Thread(
+            target=self.engine.shutdown, args=(self.settings.shutdown_timeout_s,),
+            name="canvasd-drain", daemon=True)
+        self._drain_thread.start()
 
     # --- guards ---------------------------------------------------------------------------
     def authorize(self, request: Request) -> None:
@@ -155,22 +187,13 @@ class Service:
         if self.registry.load_error is not None:
             raise E.server_error(f"Model loading failed: {self.registry.load_error}", status=503)
 
+    def join_drain(self) -> None:
+        if self._drain_thread is not None:
+            self._drain_thread.join()
+
     # --- urls -----------------------------------------------------------------------------
     def public_base(self, request: Request) -> str:
-        if self.settings.public_base_url:
-            return self.settings.public_base_url.rstrip("/")
-        h = request.headers
-
-        def first(name: str) -> str | None:
-            v = h.get(name)
-            return v.split(",")[0].strip() if v else None
-
-        proto = first("x-forwarded-proto") or request.url.scheme
-        host = first("x-forwarded-host") or h.get("host") or f"{self.settings.host}:{self.settings.port}"
-        prefix = (first("x-forwarded-prefix") or "").strip("/")
-        root = request.scope.get("root_path", "").strip("/")
-        path = "/".join(x for x in (prefix, root) if x)
-        return f"{proto}://{host}" + (f"/{path}" if path else "")
+        return public_base(request, public_base_url=self.settings.public_base_url, proxies=self.proxies)
 
     # --- engine errors --------------------------------------------------------------------
     def map_engine_error(self, exc: BaseException) -> E.OpenAIError:
@@ -222,7 +245,8 @@ class Service:
         handle = await self.submit(plan)
         if plan.out.stream:
             response = sse_response(handle, plan, lambda n: self.usage_for(plan, n, handle),
-                                    self.map_engine_error, access, self.renderer)
+                                    self.map_engine_error, access, self.renderer,
+                                    keepalive_s=self.settings.sse_keepalive_s)
             response.headers["x-canvasd-replica"] = handle.worker
             return response
         watcher = asyncio.create_task(_cancel_on_disconnect(request, handle))
@@ -274,18 +298,6 @@ def _content_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
-def _parse_json(body: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise E.invalid_json() from None
-    if not isinstance(data, dict):
-        raise E.bad_request(
-            f"Invalid type for request body: expected an object, but got {E.json_type_name(data)} instead.",
-            None, "invalid_type")
-    return data
-
-
 def create_app(settings: Settings, registry: ModelRegistry | None = None,
                engine: EngineClient | None = None, server_name: str | None = None) -> FastAPI:
     """`engine`: canvasd's in-process `Engine` by default, or another `EngineClient`
@@ -317,16 +329,23 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None,
         try:
             yield
         finally:
-            await anyio.to_thread.run_sync(engine.shutdown, 10.0)
+            svc.begin_drain()  # no-op when the server already started it on its signal
+            await anyio.to_thread.run_sync(svc.join_drain)
             store.stop_sweeper()
 
-    app = FastAPI(title="canvasd", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="canvasd", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url="/openapi.json")
     app.state.service = svc
+    # the routes read their bodies themselves: the document is written from the validator's tables
+    app.openapi = lambda: build_openapi(  # type: ignore[method-assign]
+        title="canvasd", version=__version__, auth=bool(settings.api_keys), strict=strict)
+    app.add_middleware(BodyReadTimeout, timeout_s=settings.body_timeout_s)
     app.add_middleware(RequestContext, server_name=server_name or f"{socket.gethostname()}:{os.getpid()}")
     E.install_error_handlers(app)
 
     # --- image endpoints -----------------------------------------------------------------
-    limits = dict(max_upload_bytes=settings.max_upload_bytes, max_upload_pixels=settings.max_upload_pixels)
+    limits = dict(max_upload_bytes=settings.max_upload_bytes, max_upload_pixels=settings.max_upload_pixels,
+                  max_request_pixels=settings.max_request_pixels)
 
     async def validate_form(request: Request, endpoint: rules.Endpoint) -> rules.Plan:
         """Multipart intake (bounded while streaming) + validation, for edits and variations."""
@@ -336,7 +355,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None,
         try:
             return await anyio.to_thread.run_sync(lambda: rules.validate(
                 endpoint, "form", form.fields, registry=registry, strict=strict,
-                load_images=lambda r: load_form_images(form, r), **limits))
+                load_images=lambda r: load_form_images(form, r), **limits), limiter=svc.decode_limiter())
         finally:
             form.close()
 
@@ -346,7 +365,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None,
             raise E.bad_request(
                 "Invalid Content-Type header: /v1/images/generations expects 'application/json'.",
                 None, "invalid_content_type")
-        raw = _parse_json(await read_limited(request.stream(), JSON_BODY_MAX))
+        raw = parse_json_object(await read_limited(request.stream(), JSON_BODY_MAX))
         _note_model(request, raw)
         plan = rules.validate("generations", "json", raw, registry=registry, strict=strict)
         return await svc.run(request, plan)
@@ -356,12 +375,19 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None,
         if _content_type(request) == "multipart/form-data":
             plan = await validate_form(request, "edits")
         else:
-            raw = _parse_json(await read_limited(request.stream(),
-                                                 total_body_limit(settings.max_upload_bytes) * 4 // 3))
-            _note_model(request, raw)
-            plan = await anyio.to_thread.run_sync(lambda: rules.validate(
-                "edits", "json", raw, registry=registry, strict=strict,
-                load_images=lambda r: load_json_images(raw, r), **limits))
+            spool = await spool_body(request.stream(), total_body_limit(settings.max_upload_bytes) * 4 // 3)
+            files: list = []
+            try:
+                raw, files = await anyio.to_thread.run_sync(parse_json_edit, spool, limiter=svc.decode_limiter())
+                spool.close()
+                _note_model(request, raw)
+                plan = await anyio.to_thread.run_sync(lambda: rules.validate(
+                    "edits", "json", raw, registry=registry, strict=strict,
+                    load_images=lambda r: load_json_images(raw, r), **limits), limiter=svc.decode_limiter())
+            finally:
+                spool.close()
+                for f in files:
+                    f.close()
         return await svc.run(request, plan)
 
     async def variations(request: Request) -> Response:
@@ -434,6 +460,8 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None,
         return JSONResponse({"status": "ok"})
 
     async def ready(request: Request) -> Response:
+        if svc.draining:
+            raise E.server_error("The server is shutting down.", retry=True, status=503)
         if registry.load_error is not None:
             raise E.server_error(f"Model loading failed: {registry.load_error}", status=503)
         if not registry.ready:

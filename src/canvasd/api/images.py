@@ -26,6 +26,7 @@ import re
 from typing import IO, Any
 
 from canvasd.api import errors as E
+from canvasd.api.jsonstream import DataURLFile
 from canvasd.api.multipart import MiB, FormBody, UploadedFile
 from canvasd.api.rules import ImageRules, InputImages
 from canvasd.contracts import MAX_INPUT_IMAGES
@@ -33,10 +34,18 @@ from canvasd.media.encode import has_alpha
 
 DATA_URL_MAX = 20_971_520  # ImageRefParam.image_url maxLength
 ALLOWED_MIMES = ("image/jpeg", "image/png", "image/webp")
-MIME_ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg", "image/x-png": "image/png"}
+# image/mpo: phones' multi-picture JPEGs (a JPEG whose first frame is the picture)
+MIME_ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg", "image/x-png": "image/png",
+                "image/mpo": "image/jpeg"}
 SNIFF_MIMES = ("application/octet-stream", "")
 PIL_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+# Pillow's JPEG opener hands multi-picture files back as format "MPO"
+DETECTED_MIMES = {**PIL_FORMATS, "MPO": "image/jpeg"}
 DALLE2_MAX_BYTES = 4 * MiB
+# Longest side over shortest side of an upload: a 1x16,777,216 PNG passes the pixel guard but
+# decodes, transposes and fits through buffers sized by its long side; real photos and panoramas
+# stay far below this.
+MAX_ASPECT_RATIO = 64
 
 
 def _normalise_mime(mime: str | None) -> str | None:
@@ -91,7 +100,18 @@ def decode_image(
     w, h = img.size
     if w * h > rules.max_pixels:
         raise _too_many_pixels(param, (w, h), rules.max_pixels)
-    detected = PIL_FORMATS.get(img.format or "", "")
+    if max(w, h) > MAX_ASPECT_RATIO * max(1, min(w, h)):
+        raise E.bad_request(
+            f"Invalid image file '{param}': its aspect ratio ({w}x{h}) is more extreme than 1:"
+            f"{MAX_ASPECT_RATIO}.", param, "invalid_image_dimensions")
+    # the request's budget is spent from the headers, before any pixel is decoded
+    if rules.pixels_spent + w * h > rules.max_request_pixels:
+        raise E.bad_request(
+            f"Invalid image file '{param}': the request's images have more than the "
+            f"{rules.max_request_pixels} pixels in total this server decodes for one request.",
+            param, "request_too_many_pixels")
+    rules.pixels_spent += w * h
+    detected = DETECTED_MIMES.get(img.format or "", "")
     if rules.dalle2 and detected != "image/png":
         raise E.bad_request("Uploaded image must be a PNG and less than 4 MB.", param, "invalid_image_file")
     try:
@@ -139,7 +159,13 @@ def _finish(images: list[tuple[Any, str]], mask: tuple[Any, str] | None, rules: 
                 f"Invalid mask image: the mask must be the same size as the image ({w}x{h}), "
                 f"got {m.size[0]}x{m.size[1]}.", mask_param, "invalid_mask_image")
         out_mask = _to_rgba(m)
-    return InputImages(images=[_to_rgba(im) for im, _ in images], mask=out_mask)
+    # convert one by one, dropping each original as its RGBA copy is made (the caller's list is
+    # this list): at most one image exists twice at a time
+    rgba = []
+    while images:
+        im, _ = images.pop(0)
+        rgba.append(_to_rgba(im))
+    return InputImages(images=rgba, mask=out_mask)
 
 
 def _check_count(count: int, rules: ImageRules, param: str) -> None:
@@ -203,6 +229,10 @@ def _decode_ref(ref: Any, param: str, rules: ImageRules) -> tuple[Any, str]:
             "Send the image inline as a base64 data URL in 'image_url' (data:image/png;base64,…).",
             f"{param}.file_id", "unsupported_parameter")
     uparam = f"{param}.image_url"
+    if isinstance(url, DataURLFile):  # decoded while the body was parsed (jsonstream)
+        if url.length > DATA_URL_MAX:
+            raise E.string_too_long(uparam, DATA_URL_MAX, url.length)
+        return decode_image(url.file, uparam, url.mime, rules, size=url.size)
     if not isinstance(url, str):
         raise E.invalid_type(uparam, "a string", url)
     if len(url) > DATA_URL_MAX:

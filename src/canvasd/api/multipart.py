@@ -228,7 +228,11 @@ async def read_multipart(
     callbacks = {name: getattr(collector, name) for name in (
         "on_part_begin", "on_part_data", "on_part_end", "on_header_field", "on_header_value",
         "on_header_end", "on_headers_finished")}
-    parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+    try:
+        parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+    except Exception:  # python-multipart refuses boundaries over 256 bytes (RFC 2046: 70)
+        raise E.bad_request("Invalid multipart body: the boundary in the Content-Type header is "
+                            "invalid (at most 256 characters).") from None
     total_limit = total_body_limit(max_file_bytes)
     received = 0
     drained = 0

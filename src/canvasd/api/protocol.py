@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from canvasd.api.rules import OutputOptions
+from canvasd.api.rules import SVG_TRACER, OutputOptions
 
 
 class InputTokensDetails(BaseModel):
@@ -47,15 +47,27 @@ class ImageData(BaseModel):
     revised_prompt: str | None = None
 
 
+class SvgUsage(BaseModel):
+    """Usage of the SVG step (newest API's `svg_usage`): here a tracer, no language model, so
+    no tokens."""
+
+    input_tokens: int = 0
+    model: str
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    total_tokens: int = 0
+
+
 class ImagesResponse(BaseModel):
     created: int
     data: list[ImageData]
     background: Literal["transparent", "opaque"] | None = None
-    output_format: Literal["png", "webp", "jpeg"] | None = None
+    output_format: Literal["png", "webp", "jpeg", "svg"] | None = None
     size: str | None = None
     quality: Literal["low", "medium", "high", "xhigh", "max"] | None = None
     usage: Usage | None = None
     safety_identifier: str | None = None
+    svg_usage: SvgUsage | None = None
 
 
 class _StreamEvent(BaseModel):
@@ -161,4 +173,5 @@ def build_response(created: int, data: list[ImageData], out: OutputOptions, usag
         created=created, data=data, background=out.background,  # type: ignore[arg-type]
         output_format=out.output_format, size=out.size, quality=out.quality,  # type: ignore[arg-type]
         usage=usage, safety_identifier=safety_identifier or None,
+        svg_usage=SvgUsage(model=SVG_TRACER) if out.output_format == "svg" else None,
     ).model_dump(exclude_none=True)

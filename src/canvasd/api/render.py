@@ -31,6 +31,12 @@ def render_one(image: "Image", out: OutputOptions) -> bytes:
     from canvasd.media.resize import fit_image
 
     t0 = time.perf_counter()
+    if out.output_format == "svg":  # traced at the generated size, scaled by the SVG itself
+        from canvasd.media.vectorize import vectorize
+
+        data = vectorize(image, out.width, out.height, out.transparent, out.svg_effort)
+        metrics.ENCODE_SECONDS.observe(time.perf_counter() - t0)
+        return data
     if image.size != (out.width, out.height):
         image = fit_image(image, out.width, out.height)
     data = encode_image(image, out.output_format, out.compression, out.transparent)

@@ -10,7 +10,9 @@ local model can honour (alpha, masks, image input, sizes); a request it can't ho
 Modes (``settings.compat``):
 - ``permissive`` (default): every parameter documented for the endpoint is accepted on every
   model and honoured by the local model (``response_format=url`` with gpt-image-1, `stream` with
-  dall-e-3, …). Values are still checked against the profile.
+  dall-e-3, every size the backend can render, …). Values are still checked against the profile.
+  Automatic1111-style ``steps`` and ``cfg_scale`` are aliases of ``num_inference_steps`` and
+  ``guidance_scale``.
 - ``strict``: mirrors the real API's per-model refusals (``response_format`` or ``style`` on GPT
   image models → ``unknown_parameter``; ``input_fidelity`` on gpt-image-2; ``xhigh`` on
   gpt-image-2; dall-e-2 uploads must be square PNGs < 4 MB; …). Local model ids behave as in
@@ -29,11 +31,17 @@ Resolutions (documented for the README):
 - quality: ``auto`` → the backend's ``default_quality``; ``standard`` → medium, ``hd`` → high;
   ``xhigh``/``max`` use the backend's step count for them when it has one, else ``high``'s.
   Steps come from ``capabilities.quality_steps`` unless ``num_inference_steps`` is given.
-- size: ``auto`` (or omitted) → 1024x1024 on OpenAI profiles (edits: the preset closest to the
-  first image's aspect), the backend's native size on local ids. Backends with ``upscales``
-  generate at their native size and the output is fitted to the requested size; others generate
-  at the requested size, which must then be a multiple of ``size_multiple`` within
-  ``min_side..max_side``.
+- size: ``auto`` (or omitted) → what the real API gives, on every model and local id: 1024x1024
+  (edits on GPT-shaped profiles: the preset closest to the first image's aspect). Permissive mode
+  accepts every preset and free WxH the backend can render on every model; strict mode keeps each
+  OpenAI model's own list (or gpt-image-2's flexible rules). Backends with ``upscales`` generate
+  at their native size and the output is fitted to the requested size; others generate at the
+  requested size, which must then be a multiple of ``size_multiple`` within
+  ``min_side..max_side`` (for ``auto``: the preset's aspect at about their native pixel count,
+  fitted to the preset).
+- quality echo: the resolved quality as the profile's real API reports it (``xhigh``/``max``
+  only on gpt-image-2.5 profiles and local ids; elsewhere ``high``).
+- variations without ``model``: the dall-e-2 profile (``url`` default, 1024x1024, no usage).
 - background: ``auto`` → ``transparent`` when the backend has native alpha and the output format
   is png/webp (dall-e profiles: always opaque), else ``opaque``.
 - seed: a random 31-bit seed when not given; image i uses ``seed + i``.
@@ -70,6 +78,10 @@ _GPT_OUTPUT = ("output_format", "output_compression", "background", "moderation"
                "frame_duration_ms", "svg")
 EXTENSIONS_GEN = ("seed", "num_inference_steps", "guidance_scale", "negative_prompt", "lora")
 EXTENSIONS_EDIT = EXTENSIONS_GEN + ("strength",)
+# Automatic1111-style names that Open WebUI admins paste as extra parameters: accepted in
+# permissive mode as aliases of the extensions above (strict mode: unknown_parameter). Other A1111
+# extras (sampler_name, …) have no clear meaning here and stay unknown parameters.
+PARAM_ALIASES = {"steps": "num_inference_steps", "cfg_scale": "guidance_scale"}
 
 DOCUMENTED: dict[tuple[Endpoint, Source], frozenset[str]] = {
     ("generations", "json"): frozenset(
@@ -125,6 +137,10 @@ class Profile:
     strict_quality_refused: tuple[str, ...] = ()  # e.g. gpt-image-2 + 'xhigh'
     json_edits: bool = True
     dalle2_uploads: bool = False  # strict: one square PNG < 4 MB
+    # `quality` values the real API puts in its responses for this model (older SDKs validate
+    # responses against low/medium/high): a resolved quality outside them is echoed as the
+    # closest one in them
+    response_qualities: tuple[str, ...] = ("low", "medium", "high")
 
 
 _GPT_PARAMS = {"generations": _GPT_GEN, "edits": _GPT_EDIT}
@@ -145,7 +161,8 @@ GPT_2 = Profile(
 GPT_25 = Profile(
     name="gpt-image-2.5", shape="gpt", prompt_max=32000, n_max=10,
     quality=("low", "medium", "high", "xhigh", "max", "auto"), sizes=None, flex=FlexSize(),
-    endpoints=frozenset(("generations", "edits")), strict_params=_GPT_PARAMS)
+    endpoints=frozenset(("generations", "edits")), strict_params=_GPT_PARAMS,
+    response_qualities=("low", "medium", "high", "xhigh", "max"))
 DALLE2 = Profile(
     name="dall-e-2", shape="dall-e-2", prompt_max=1000, n_max=10, quality=("standard", "auto"),
     sizes=("256x256", "512x512", "1024x1024"), flex=None,
@@ -160,7 +177,8 @@ DALLE3 = Profile(
 LOCAL = Profile(
     name="local", shape="gpt", prompt_max=32000, n_max=10,
     quality=("low", "medium", "high", "auto", "standard", "hd", "xhigh", "max"),
-    sizes=None, flex=None, endpoints=frozenset(("generations", "edits", "variations")), strict_params={})
+    sizes=None, flex=None, endpoints=frozenset(("generations", "edits", "variations")), strict_params={},
+    response_qualities=("low", "medium", "high", "xhigh", "max"))
 
 PROFILES: dict[str, Profile] = {
     "gpt-image-1": GPT_FIXED,
@@ -196,8 +214,12 @@ RESPONSE_FORMATS = ("url", "b64_json")
 FIDELITY = ("high", "low")
 COMPLEXITY = ("low", "medium", "high")
 SVG_EFFORT = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+SVG_TRACER = "vtracer"  # the one vectoriser here (`svg.model`, and `svg_usage.model`)
 QUALITY_ALIASES = {"standard": "medium", "hd": "high"}
 REF_OUTPUT_SIDE = 1024
+# every size the real API has ever offered; permissive mode honours each on every model whose
+# backend can render it (strict mode keeps the per-model lists)
+PRESET_SIZES = ("256x256", "512x512", "1024x1024", "1536x1024", "1024x1536", "1792x1024", "1024x1792")
 SIZE_RE = re.compile(r"^(\d{1,6})x(\d{1,6})$")
 
 
@@ -221,7 +243,9 @@ class ImageRules:
     max_images: int
     dalle2: bool  # strict dall-e-2: one square PNG < 4 MB, alpha or mask
     max_bytes: int
-    max_pixels: int
+    max_pixels: int  # one image
+    max_request_pixels: int = 4096 * 4096  # all of the request's images together
+    pixels_spent: int = 0  # decoded so far (the upload step counts, header by header)
 
 
 @dataclass
@@ -238,6 +262,7 @@ class OutputOptions:
     background: str  # resolved: transparent | opaque
     stream: bool
     partial_images: int
+    svg_effort: str | None = None  # output_format svg: the trace's detail (svg.reasoning.effort)
 
     @property
     def size(self) -> str:
@@ -397,8 +422,15 @@ class Target:
         return self.profile is LOCAL
 
 
-def resolve_model(requested: Any, registry: "ModelRegistry") -> Target:
+def resolve_model(requested: Any, registry: "ModelRegistry", endpoint: Endpoint = "generations") -> Target:
     if requested is None:
+        if endpoint == "variations":
+            # only dall-e-2 ever served variations: DALL-E 2 sample code expects its defaults
+            # (`url` responses, 1024x1024, no usage) from `create_variation(image=...)`
+            local_id = registry.resolve("dall-e-2")
+            if local_id is None or local_id not in registry.backends:
+                local_id = registry.settings.default_model
+            return Target("dall-e-2", local_id, DALLE2, registry.capabilities(local_id))
         local_id = registry.settings.default_model
         return Target(local_id, local_id, LOCAL, registry.capabilities(local_id))
     if not isinstance(requested, str):
@@ -420,8 +452,11 @@ def validate(
     load_images: ImageLoader | None = None,
     max_upload_bytes: int = 50 * 1024 * 1024,
     max_upload_pixels: int = 4096 * 4096,
+    max_request_pixels: int = 4096 * 4096,
 ) -> Plan:
     """Check a request body in the measured fault order and build the engine Job."""
+    if not strict:
+        raw = _apply_aliases(raw, source)
     p = Params(raw, source)
     documented = DOCUMENTED[(endpoint, source)]
 
@@ -431,7 +466,7 @@ def validate(
             raise E.unknown_parameter(key)
 
     # 2. model -> profile, then the real API's per-model refusals (strict)
-    target = resolve_model(raw.get("model"), registry)
+    target = resolve_model(raw.get("model"), registry, endpoint)
     prof, caps = target.profile, target.caps
     if strict and not target.is_local:
         if endpoint not in prof.endpoints or (endpoint == "edits" and source == "json" and not prof.json_edits):
@@ -467,7 +502,7 @@ def validate(
             max_images = 1
         inputs = load_images(ImageRules(
             endpoint=endpoint, source=source, strict=strict, max_images=max_images, dalle2=dalle2,
-            max_bytes=max_upload_bytes, max_pixels=max_upload_pixels))
+            max_bytes=max_upload_bytes, max_pixels=max_upload_pixels, max_request_pixels=max_request_pixels))
 
     # dall-e-2's documented edit rule: without a mask, the image's own transparent pixels are the
     # area to edit
@@ -485,7 +520,9 @@ def validate(
                             "quality", "invalid_value")
     size_req = p.string("size")
     response_format = p.enum("response_format", RESPONSE_FORMATS)
-    output_format = p.enum("output_format", OUTPUT_FORMATS) or "png"
+    # svg (the newest API's vector output) for models with native alpha: the traced shapes need a
+    # clean background; other models keep the raster list
+    output_format = p.enum("output_format", OUTPUT_FORMATS + ("svg",) if caps.alpha else OUTPUT_FORMATS) or "png"
     compression = p.integer("output_compression", *COMPRESSION)
     background_req = p.enum("background", BACKGROUNDS)
     p.enum("moderation", MODERATION)
@@ -498,7 +535,7 @@ def validate(
     user = p.string("user")
     safety_identifier = p.string("safety_identifier")
     p.enum("complexity", COMPLEXITY)
-    _refuse_unsupported_formats(p)
+    svg_effort = _svg_options(p, output_format)
     seed = p.integer("seed", *SEED)
     steps_req = p.integer("num_inference_steps", *STEPS)
     guidance = p.number("guidance_scale", *GUIDANCE)
@@ -507,6 +544,8 @@ def validate(
     lora = _lora_request(p)
 
     # 7. cross-field rules
+    if output_format == "svg":
+        _check_svg(n, stream, p, compression)
     if output_format == "png" and compression is not None and compression < 100:
         raise E.bad_request(
             "Invalid 'output_compression': the 'png' output format is lossless and only supports "
@@ -545,9 +584,12 @@ def validate(
     # 9. resolve
     quality = _resolve_quality(quality_req, caps)
     steps = steps_req or _steps_for(quality, caps)
-    out_w, out_h = _resolve_size(size_req, target, endpoint, inputs)
+    out_w, out_h = _resolve_size(size_req, target, endpoint, inputs, strict)
     if caps.upscales:
         job_w, job_h = caps.native_size
+    elif size_req is None or size_req == "auto":
+        # the preset's aspect at about the backend's native pixel count; the output is fitted
+        job_w, job_h = _native_area_size(out_w, out_h, caps)
     else:
         _check_generatable(out_w, out_h, target)
         job_w, job_h = out_w, out_h
@@ -571,13 +613,34 @@ def validate(
         endpoint=endpoint, shape=prof.shape,
         response_format=response_format or prof.response_format_default,
         output_format=output_format, compression=compression, transparent=transparent,
-        width=out_w, height=out_h, quality=quality,
+        width=out_w, height=out_h, quality=_echoed_quality(quality, prof),
         background="transparent" if transparent else "opaque",
-        stream=stream, partial_images=partial_images if stream else 0,
+        stream=stream, partial_images=partial_images if stream else 0, svg_effort=svg_effort,
     )
     return Plan(job=job, out=out, model=target.requested,
                 input_sizes=[im.size for im in inputs.images],
                 safety_identifier=safety_identifier or user)
+
+
+def _apply_aliases(raw: dict[str, Any], source: Source) -> dict[str, Any]:
+    """Permissive mode: `steps` / `cfg_scale` become the extensions they name (their values are
+    checked under their own names, so an error names what the client sent)."""
+    if not any(alias in raw for alias in PARAM_ALIASES):
+        return raw
+    out = dict(raw)
+    aliased = Params(raw, source)
+    for alias, target in PARAM_ALIASES.items():
+        if alias not in out:
+            continue
+        out.pop(alias)
+        value = (aliased.integer(alias, *STEPS) if target == "num_inference_steps"
+                 else aliased.number(alias, *GUIDANCE))
+        if out.get(target) is not None and value is not None:
+            raise E.bad_request(f"Invalid '{alias}': it is another name for '{target}'; give only one "
+                                "of them.", alias, "conflicting_parameters")
+        if value is not None or target not in out:
+            out[target] = value
+    return out
 
 
 def _check_fidelity(target: Target, fidelity: str) -> None:
@@ -592,23 +655,63 @@ def _check_fidelity(target: Target, fidelity: str) -> None:
             f"{E.quote_list(allowed)}.", "input_fidelity", "invalid_value")
 
 
-def _refuse_unsupported_formats(p: Params) -> None:
-    """gif/svg output (and their options) need OpenAI preview access; this server has neither."""
+def _svg_options(p: Params, output_format: str) -> str | None:
+    """The `svg` object (its `reasoning.effort`, the trace's detail) for svg output; gif options
+    are refused: this server has no gif output."""
     frame_count = p.integer("frame_count", *FRAME_COUNT)
     frame_ms = p.integer("frame_duration_ms", 0, 655_350)
-    svg = p.get("svg")
-    if svg is not None and not isinstance(svg, dict):
-        raise E.invalid_type("svg", "an object", svg)
-    if isinstance(svg, dict):
-        for key in svg:
-            if key not in ("model", "reasoning"):
-                raise E.unknown_parameter(f"svg.{key}")
-    for name, given in (("frame_count", frame_count), ("frame_duration_ms", frame_ms), ("svg", svg)):
+    for name, given in (("frame_count", frame_count), ("frame_duration_ms", frame_ms)):
         if given is not None:
-            fmt = "svg" if name == "svg" else "gif"
             raise E.bad_request(
-                f"Invalid '{name}': it only applies to output_format '{fmt}', which this server does "
-                "not support (supported: 'png', 'webp', and 'jpeg').", name, "unsupported_parameter")
+                f"Invalid '{name}': it only applies to output_format 'gif', which this server does "
+                "not support.", name, "unsupported_parameter")
+    svg = p.get("svg")
+    if svg is None:
+        return None
+    if not isinstance(svg, dict):
+        raise E.invalid_type("svg", "an object", svg)
+    for key in svg:
+        if key not in ("model", "reasoning"):
+            raise E.unknown_parameter(f"svg.{key}")
+    if output_format != "svg":
+        raise E.bad_request("Invalid 'svg': it only applies to output_format 'svg'.", "svg",
+                            "unsupported_parameter")
+    model = svg.get("model")
+    if model is not None and model != SVG_TRACER:
+        if not isinstance(model, str):
+            raise E.invalid_type("svg.model", "a string", model)
+        raise E.invalid_value("svg.model", model, (SVG_TRACER,))
+    reasoning = svg.get("reasoning")
+    if reasoning is None:
+        return None
+    if not isinstance(reasoning, dict):
+        raise E.invalid_type("svg.reasoning", "an object", reasoning)
+    for key in reasoning:
+        if key != "effort":
+            raise E.unknown_parameter(f"svg.reasoning.{key}")
+    effort = reasoning.get("effort")
+    if effort is None:
+        return None
+    if not isinstance(effort, str):
+        raise E.invalid_type("svg.reasoning.effort", E.enum_expected(SVG_EFFORT), effort)
+    if effort not in SVG_EFFORT:
+        raise E.invalid_value("svg.reasoning.effort", effort, SVG_EFFORT)
+    return effort
+
+
+def _check_svg(n: int, stream: bool, p: Params, compression: int | None) -> None:
+    """The API's SVG rules: one image, not streamed, no compression."""
+    if n != 1:
+        raise E.bad_request("Invalid 'n': output_format 'svg' supports only n=1.", "n", "invalid_value")
+    if stream:
+        raise E.bad_request("Invalid 'stream': output_format 'svg' cannot be streamed.", "stream",
+                            "invalid_value")
+    if p.given("partial_images") and p.raw.get("partial_images") not in (0, "0"):
+        raise E.bad_request("Invalid 'partial_images': output_format 'svg' has no partial images.",
+                            "partial_images", "invalid_value")
+    if compression is not None:
+        raise E.bad_request("Invalid 'output_compression': it does not apply to output_format 'svg'.",
+                            "output_compression", "invalid_value")
 
 
 def _resolve_quality(requested: str | None, caps: Capabilities) -> str:
@@ -619,6 +722,12 @@ def _resolve_quality(requested: str | None, caps: Capabilities) -> str:
     if q not in caps.quality_steps and q not in ("xhigh", "max"):
         q = caps.default_quality
     return q
+
+
+def _echoed_quality(quality: str, prof: Profile) -> str:
+    if quality in prof.response_qualities:
+        return quality
+    return "high" if quality in ("xhigh", "max") else "medium"
 
 
 def _steps_for(quality: str, caps: Capabilities) -> int:
@@ -633,10 +742,12 @@ def parse_size(value: str) -> tuple[int, int] | None:
 
 
 def _resolve_size(size: str | None, target: Target, endpoint: Endpoint,
-                  inputs: InputImages) -> tuple[int, int]:
+                  inputs: InputImages, strict: bool) -> tuple[int, int]:
     prof, caps = target.profile, target.caps
     if size is None or size == "auto":
         return _auto_size(target, endpoint, inputs)
+    if not strict:
+        prof = LOCAL  # permissive: every size the backend can render, on every model
     if prof.sizes is not None:  # fixed presets
         if size not in prof.sizes:
             raise E.invalid_value("size", size, prof.sizes)
@@ -648,7 +759,7 @@ def _resolve_size(size: str | None, target: Target, endpoint: Endpoint,
     w, h = wh
     if prof.flex is not None:
         _check_flex(size, w, h, prof.flex)
-    else:  # local profile: what the backend can make / fit
+    else:  # what the backend can make / fit
         if w < 1 or h < 1 or max(w, h) > caps.max_side or (not caps.upscales and min(w, h) < caps.min_side):
             raise E.bad_request(
                 f"Invalid size '{size}'. Width and height must be between {caps.min_side if not caps.upscales else 1} "
@@ -671,18 +782,9 @@ def _check_flex(size: str, w: int, h: int, flex: FlexSize) -> None:
 
 
 def _auto_size(target: Target, endpoint: Endpoint, inputs: InputImages) -> tuple[int, int]:
-    caps = target.caps
+    """What the real API gives for `auto`, on every model: 1024x1024, or for an edit the GPT
+    preset closest to the first image's aspect (dall-e models: always square)."""
     first = inputs.images[0].size if inputs.images else None
-    if target.is_local:
-        if first is None or caps.upscales:
-            return caps.native_size
-        # keep the input's aspect at about the native pixel count, snapped to the backend's grid
-        area = caps.native_size[0] * caps.native_size[1]
-        scale = math.sqrt(area / (first[0] * first[1]))
-        m = caps.size_multiple
-        w = min(caps.max_side, max(caps.min_side, round(first[0] * scale / m) * m))
-        h = min(caps.max_side, max(caps.min_side, round(first[1] * scale / m) * m))
-        return w, h
     if first is not None and target.profile.shape == "gpt":
         ratio = first[0] / first[1]
         if ratio >= 1.25:
@@ -690,6 +792,16 @@ def _auto_size(target: Target, endpoint: Endpoint, inputs: InputImages) -> tuple
         if ratio <= 0.8:
             return 1024, 1536
     return REF_OUTPUT_SIDE, REF_OUTPUT_SIDE
+
+
+def _native_area_size(w: int, h: int, caps: Capabilities) -> tuple[int, int]:
+    """w:h at about the backend's native pixel count, snapped to its grid and side limits."""
+    area = caps.native_size[0] * caps.native_size[1]
+    scale = math.sqrt(area / (w * h))
+    m = caps.size_multiple
+    gw = min(caps.max_side, max(caps.min_side, round(w * scale / m) * m))
+    gh = min(caps.max_side, max(caps.min_side, round(h * scale / m) * m))
+    return gw, gh
 
 
 def _check_generatable(w: int, h: int, target: Target) -> None:
@@ -708,7 +820,7 @@ def _resolve_background(requested: str | None, output_format: str, prof: Profile
         return True
     if requested == "opaque" or prof.shape != "gpt":
         return False
-    return caps.alpha and output_format in ("png", "webp")
+    return caps.alpha and output_format in ("png", "webp", "svg")
 
 
 # --- what a model honours, for clients (the playground shapes its form with it) ---------------

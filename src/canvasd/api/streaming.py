@@ -12,8 +12,9 @@ route raises them before this response starts); a failure mid-stream is ``event:
 index order. Each completed event's usage covers its own image; input tokens are counted on the
 first one, so summing the events gives the request's usage.
 
-A `: keepalive` comment goes out every `KEEPALIVE_S` seconds without events, so proxies don't
-time out long generations. A client disconnect cancels the job (Starlette cancels this generator).
+A `: keepalive` comment goes out every `keepalive_s` seconds (setting `sse_keepalive_s`) without
+events, while the job waits in the queue or steps, so proxies don't cut idle streams; SSE parsers
+(the SDKs' included) skip comment lines. A client disconnect cancels the job (Starlette cancels this generator).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from canvasd.engine.events import JobFailed, JobFinished, PartialImage
 
 log = logging.getLogger("canvasd.api")
 
-KEEPALIVE_S = 15.0
+KEEPALIVE_S = 15.0  # default of the `sse_keepalive_s` setting
 
 
 def frame(event_type: str, payload: str) -> bytes:
@@ -62,6 +63,7 @@ def sse_response(
     map_error: Callable[[BaseException], E.OpenAIError],
     access: dict[str, Any],
     renderer: Renderer,
+    keepalive_s: float = KEEPALIVE_S,
 ) -> StreamingResponse:
     """`usage_for(n_images)` computes the request usage (off-loop); `map_error` turns an engine
     failure into the OpenAI error to report."""
@@ -82,7 +84,7 @@ def sse_response(
         try:
             while True:
                 try:
-                    ev = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
+                    ev = await asyncio.wait_for(queue.get(), keepalive_s)
                 except asyncio.TimeoutError:
                     yield b": keepalive\n\n"
                     continue

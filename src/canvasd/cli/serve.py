@@ -36,15 +36,13 @@ def serve(config: ConfigOpt = None, **flags: Any) -> None:
         serve_forever(settings)
         return
     check_single_process(settings)
-    import uvicorn
-
-    from canvasd.api.app import create_app
+    from canvasd.server import serve as run_server
 
     level = "DEBUG" if settings.log_level == "trace" else settings.log_level.upper()  # trace: uvicorn's own
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     for warning in unknown_env_vars():
         logging.getLogger("canvasd.settings").warning(warning)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    run_server(settings, log_level=settings.log_level)
 
 
 @settings_options()

@@ -276,7 +276,8 @@ class Engine:
         cancel them (JobFailed(ShuttingDown)); join the worker thread."""
         with self._cond:
             self._closing = True
-            self._deadline = time.monotonic() + timeout_s
+            # a second call (the lifespan after the signal's drain) never extends the deadline
+            self._deadline = min(self._deadline, time.monotonic() + timeout_s)
             for queue in self._waiting.values():
                 for entry in queue:
                     self._fail(entry, ShuttingDown("server is shutting down"), "shutdown")

@@ -32,7 +32,8 @@ import io
 from PIL import Image
 
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
-MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+# every output format's media type (svg: canvasd.media.vectorize writes it)
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "svg": "image/svg+xml"}
 PNG_COMPRESS_LEVEL = 1
 WEBP_METHOD = 2
 JPEG_FULL_CHROMA_FROM = 90  # quality at and above which jpeg keeps 4:4:4 chroma

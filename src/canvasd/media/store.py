@@ -33,7 +33,9 @@ from canvasd.media.encode import MEDIA_TYPES
 
 log = logging.getLogger("canvasd.media.store")
 
-_NAME_RE = re.compile(r"^img-(\d{1,12})-([0-9a-f]{32})\.(png|jpeg|webp)$")
+# matched with fullmatch (a `$` would let "…png\n" through) and ASCII digits only (`\d` also
+# matches other scripts' digits, which int() accepts)
+_NAME_RE = re.compile(r"img-([0-9]{1,12})-([0-9a-f]{32})\.(png|jpeg|webp|svg)", re.ASCII)
 _TMP_PREFIX = ".tmp-"
 _TMP_MAX_AGE_S = 3600  # leftovers of a crash mid-write
 
@@ -117,7 +119,7 @@ class LinkSigner:
     def check(self, name: str, expires: int | str, sig: str) -> str:
         """The media type of a genuine, current link's image; raises NotFound, InvalidSignature
         or Expired, in that order of checks."""
-        match = _NAME_RE.match(name or "")
+        match = _NAME_RE.fullmatch(name or "")
         if match is None:
             raise NotFound(name)
         try:
@@ -134,7 +136,7 @@ class LinkSigner:
 
     def is_expired(self, name: str) -> bool | None:
         """Whether a stored name's own expiry has passed; None for names that are not ours."""
-        match = _NAME_RE.match(name)
+        match = _NAME_RE.fullmatch(name)
         return None if match is None else self.clock() > int(match.group(1))
 
     def sign(self, name: str, expires_at: int) -> str:
@@ -217,7 +219,8 @@ class ImageStore:
         """(path, media type) of a stored image, if the signed link is genuine and current."""
         media_type = self.signer.check(name, expires, sig)
         path = self.root / name
-        if not path.is_file():
+        # a regular file of our own only: a symlink planted in the directory is not followed
+        if path.is_symlink() or not path.is_file():
             raise NotFound(name)
         return path, media_type
 
