@@ -25,7 +25,7 @@ def start_serve(tmp_path: Path, *args: str, **env_settings: str) -> tuple[subpro
     env = {**os.environ, "CANVASD_IMAGE_DIR": str(tmp_path / "images"), **env_settings}
     proc = subprocess.Popen(
         [sys.executable, "-c", "from canvasd.cli import main; main()", "serve", "--port", str(port),
-         "--threads", "1", "--log-level", "warning", *args],
+         "--torch-threads", "1", "--log-level", "warning", *args],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120

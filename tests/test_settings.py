@@ -147,7 +147,24 @@ ENV_SAMPLES = {
     "ray_address": ("auto", "auto"),
     "ingress_replicas": ("3", 3),
     "ray_object_store_mb": ("512", 512),
+    "forwarded_allow_ips": ("10.0.0.0/8,127.0.0.1", ["10.0.0.0/8", "127.0.0.1"]),
+    "max_request_pixels": ("1000000", 1_000_000),
+    "decode_threads": ("1", 1),
+    "sse_keepalive_s": ("2.5", 2.5),
+    "shutdown_timeout_s": ("7", 7.0),
+    "header_timeout_s": ("3", 3.0),
+    "body_timeout_s": ("4", 4.0),
+    "keepalive_timeout_s": ("9", 9.0),
+    "max_connections": ("50", 50),
+    "max_header_bytes": ("32768", 32768),
 }
+
+
+def test_forwarded_allow_ips_must_be_addresses_or_networks():
+    with pytest.raises(SettingsError) as exc:
+        load_settings(environ={"CANVASD_FORWARDED_ALLOW_IPS": "10.0.0.0/8,proxy.local"})
+    assert str(exc.value) == "CANVASD_FORWARDED_ALLOW_IPS: 'proxy.local' is not an IP address, a CIDR network or *"
+    assert load_settings(environ={"CANVASD_FORWARDED_ALLOW_IPS": "*"}).forwarded_allow_ips == ["*"]
 
 
 def test_every_setting_is_read_from_its_environment_variable():
@@ -255,7 +272,8 @@ def test_ray_only_model_settings_are_refused_by_a_single_process_server():
 def test_every_setting_is_a_serve_flag():
     help_text = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "200"}).output
     for name in Settings.model_fields:
-        flag = {"models": "--model", "aliases": "--alias", "api_keys": "--api-key"}.get(name, "--" + name.replace("_", "-"))
+        flag = {"models": "--model", "aliases": "--alias", "api_keys": "--api-key",
+                "forwarded_allow_ips": "--forwarded-allow-ip"}.get(name, "--" + name.replace("_", "-"))
         assert flag in help_text, flag
         assert f"CANVASD_{name.upper()}" in help_text, name
 
