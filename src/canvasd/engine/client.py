@@ -75,5 +75,7 @@ class EngineClient(Protocol):
         ...
 
     def shutdown(self, timeout_s: float = 30.0) -> None:
-        """Stop admitting, fail queued jobs, let running ones finish until the deadline."""
+        """Stop admitting, fail queued jobs, let running ones finish until the deadline. May be
+        called again (the server starts the drain on SIGTERM, the app's lifespan ends it): a later
+        call never extends the first call's deadline."""
         ...
