@@ -35,21 +35,32 @@ def test_local_model_capabilities_come_from_the_backend(server):
     assert caps["partial_images_max"] == 3
 
 
-def test_alias_capabilities_follow_the_openai_profile(server):
-    by_id = models(server.url)
+def test_alias_capabilities_follow_the_openai_profile(server, strict_server):
+    by_id = models(strict_server.url)  # strict: each model's own size list
     assert by_id["gpt-image-1"]["capabilities"]["sizes"] == ["auto", "1024x1024", "1024x1536", "1536x1024"]
     assert by_id["gpt-image-1"]["capabilities"]["custom_sizes"] is False
     assert by_id["gpt-image-2"]["capabilities"]["custom_sizes"] is True
     assert by_id["dall-e-3"]["capabilities"]["n_max"] == 1
     assert by_id["dall-e-2"]["capabilities"]["sizes"] == ["auto", "256x256", "512x512", "1024x1024"]
+    # permissive: every preset the backend can render, and free sizes, on every model
+    by_id = models(server.url)
+    for model in ("gpt-image-1", "gpt-image-2", "dall-e-2", "dall-e-3"):
+        caps = by_id[model]["capabilities"]
+        assert caps["sizes"][:8] == ["auto", "256x256", "512x512", "1024x1024", "1536x1024", "1024x1536",
+                                     "1792x1024", "1024x1792"]
+        assert caps["custom_sizes"] is True
+    assert by_id["test-model"]["capabilities"]["output_formats"] == ["png", "webp", "jpeg", "svg"]
 
 
+@pytest.mark.parametrize("strict", [False, True])
 @pytest.mark.parametrize("model", ["test-model", "gpt-image-1", "gpt-image-2", "dall-e-2", "dall-e-3"])
-def test_every_offered_size_and_quality_is_accepted(server, model):
+def test_every_offered_size_and_quality_is_accepted(server, strict_server, model, strict):
+    server = strict_server if strict else server
     caps = models(server.url)[model]["capabilities"]
+    b64 = {"response_format": "b64_json"} if "response_format" in caps["parameters"]["generations"] else {}
     for size in caps["sizes"]:
         r = httpx.post(f"{server.url}/v1/images/generations", timeout=60,
-                       json={"model": model, "prompt": "x", "size": size, "response_format": "b64_json"})
+                       json={"model": model, "prompt": "x", "size": size, **b64})
         assert r.status_code == 200, (size, r.text)
     for quality in caps["quality"]:
         r = httpx.post(f"{server.url}/v1/images/generations", timeout=60,

@@ -836,6 +836,8 @@ def model_abilities(requested: str, registry: "ModelRegistry", strict: bool) -> 
     and backend `Capabilities` (so the page never offers what the server then refuses)."""
     target = resolve_model(requested, registry)
     prof, caps = target.profile, target.caps
+    # sizes follow the validator: each model's own list only in strict mode (_resolve_size)
+    size_prof = prof if strict and not target.is_local else LOCAL
     endpoints: list[str] = []
     parameters: dict[str, list[str]] = {}
     for endpoint in ENDPOINTS:
@@ -851,13 +853,14 @@ def model_abilities(requested: str, registry: "ModelRegistry", strict: bool) -> 
     return {
         "endpoints": endpoints,
         "parameters": parameters,
-        "sizes": ["auto"] + [s for s in _suggested_sizes(target)],
-        "custom_sizes": prof.sizes is None,
-        "size_multiple": prof.flex.multiple if prof.flex else (1 if caps.upscales else caps.size_multiple),
+        "sizes": ["auto"] + [s for s in _suggested_sizes(target, strict)],
+        "custom_sizes": size_prof.sizes is None,
+        "size_multiple": size_prof.flex.multiple if size_prof.flex else (1 if caps.upscales else caps.size_multiple),
         "min_side": 1 if caps.upscales else caps.min_side,
-        "max_side": prof.flex.max_edge if prof.flex else caps.max_side,
+        "max_side": size_prof.flex.max_edge if size_prof.flex else caps.max_side,
         "native_size": f"{caps.native_size[0]}x{caps.native_size[1]}",
-        "quality": [q for q in prof.quality],
+        "quality": [q for q in prof.quality
+                    if not (strict and not target.is_local and q in prof.strict_quality_refused)],
         "default_quality": caps.default_quality,
         "quality_steps": dict(caps.quality_steps),
         "n_max": prof.n_max,
@@ -871,21 +874,23 @@ def model_abilities(requested: str, registry: "ModelRegistry", strict: bool) -> 
         "steps_range": list(STEPS),
         "guidance_range": list(GUIDANCE),
         "default_guidance": caps.default_guidance,
-        "output_formats": list(OUTPUT_FORMATS),
+        "output_formats": list(OUTPUT_FORMATS) + (["svg"] if caps.alpha else []),
     }
 
 
-def _suggested_sizes(target: Target) -> list[str]:
+def _suggested_sizes(target: Target, strict: bool) -> list[str]:
     prof, caps = target.profile, target.caps
-    if prof.sizes is not None:
+    if strict and prof.sizes is not None:
         return [s for s in prof.sizes if s != "auto"]
     out: list[str] = []
     native = f"{caps.native_size[0]}x{caps.native_size[1]}"
     if target.is_local:
         out.append(native)
-    for w, h in SIZE_SUGGESTIONS:
+    suggestions = SIZE_SUGGESTIONS if strict else tuple(
+        parse_size(s) for s in PRESET_SIZES) + SIZE_SUGGESTIONS  # type: ignore[operator]
+    for w, h in suggestions:
         try:
-            _resolve_size(f"{w}x{h}", target, "generations", InputImages())
+            _resolve_size(f"{w}x{h}", target, "generations", InputImages(), strict)
             if not caps.upscales:
                 _check_generatable(w, h, target)
         except E.OpenAIError:
