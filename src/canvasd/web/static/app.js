@@ -10,7 +10,7 @@ import { asCurl, asPython } from "./snippets.js";
 const $ = (id) => document.getElementById(id);
 const ENDPOINT = { generate: "generations", edit: "edits", variation: "variations" };
 const QUALITY_ALIASES = { standard: "medium", hd: "high" };
-const MIME = { png: "image/png", jpeg: "image/jpeg", webp: "image/webp" };
+const MIME = { png: "image/png", jpeg: "image/jpeg", webp: "image/webp", svg: "image/svg+xml" };
 
 const state = {
   models: [],
@@ -204,7 +204,8 @@ async function buildRequest() {
     const strength = numberOrRaw($("strength").value);
     if (strength !== undefined) f.strength = strength;
   }
-  if (p.has("stream")) {
+  // svg output is one image, never streamed (the API's rule)
+  if (p.has("stream") && f.output_format !== "svg") {
     const partials = Number($("partials").value);
     f.stream = true;
     if (partials > 0) f.partial_images = partials;
