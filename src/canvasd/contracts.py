@@ -43,6 +43,9 @@ class Capabilities:
     min_side: int = 64
     max_side: int = 2048
     upscales: bool = False  # True: generates at native size, output resized to the request
+    # Upscaling backends with a second stage: the size it draws at. Edit inputs are fitted to it
+    # (not to native_size), so the second stage can keep their detail. None: native_size.
+    refined_size: tuple[int, int] | None = None
     quality_steps: dict[str, int] = field(
         default_factory=lambda: {"low": 10, "medium": 20, "high": 30}
     )
@@ -66,6 +69,10 @@ class Job:
     n: int = 1
     width: int = 64  # size the backend should generate at (native for upscaling backends)
     height: int = 64
+    # size the answer is fitted to (None: width x height); an upscaling backend's second stage
+    # runs only when it is larger than what the first stage draws
+    output_width: int | None = None
+    output_height: int | None = None
     steps: int = 20
     guidance_scale: float = 5.0
     seed: int = 0  # resolved; image i uses seed + i, so each image is reproducible alone
@@ -80,6 +87,10 @@ class Job:
     id: str = field(default_factory=lambda: "job_" + uuid.uuid4().hex[:16])
     created: float = field(default_factory=time.time)
     cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        return (self.output_width or self.width, self.output_height or self.height)
 
     @property
     def cancelled(self) -> bool:

@@ -599,12 +599,14 @@ def validate(
     if strength is None and fidelity == "high" and endpoint == "edits":
         strength = HIGH_FIDELITY_STRENGTH
 
-    init_images = [fit_input(im, job_w, job_h) for im in inputs.images]
-    mask = repaint_mask(inputs.mask, job_w, job_h) if inputs.mask is not None else None
+    in_w, in_h = caps.refined_size if caps.upscales and caps.refined_size else (job_w, job_h)
+    init_images = [fit_input(im, in_w, in_h) for im in inputs.images]
+    mask = repaint_mask(inputs.mask, in_w, in_h) if inputs.mask is not None else None
 
     job = Job(
         kind={"generations": "generate", "edits": "edit", "variations": "variation"}[endpoint],
-        model=target.local_id, prompt=prompt, n=n, width=job_w, height=job_h, steps=steps,
+        model=target.local_id, prompt=prompt, n=n, width=job_w, height=job_h, output_width=out_w,
+        output_height=out_h, steps=steps,
         guidance_scale=caps.default_guidance if guidance is None else guidance, seed=seed,
         negative_prompt=negative, strength=strength, init_images=init_images, mask=mask, lora=lora,
         transparent=transparent, partial_images=partial_images if stream else 0,

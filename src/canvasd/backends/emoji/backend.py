@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Hashable
 
 from canvasd.backends.base import StepCallback, run_stepwise
-from canvasd.backends.emoji.defaults import DEFAULT_GUIDANCE, PACKAGED_WEIGHTS, QUALITY_STEPS
+from canvasd.backends.emoji.defaults import DEFAULT_GUIDANCE, PACKAGED_WEIGHTS, QUALITY_STEPS, upsampler_dir
 from canvasd.contracts import Capabilities, Job, Sample
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -40,6 +40,12 @@ class EmojiBackend:
         self.config = json.loads(cfg_path.read_text())
         sampling = self.config.get("sampling", {})
         size = int(self.config["model"].get("image_size", 64))
+        stage2 = upsampler_dir(self.weights_dir)
+        refined = None
+        if stage2 is not None:
+            up = json.loads((stage2 / "config.json").read_text())["model"]
+            side = int(up.get("in_size", size)) * int(up.get("scale", 4))
+            refined = (side, side)
         self.capabilities = Capabilities(
             text_to_image=True,
             image_to_image=True,
@@ -50,6 +56,7 @@ class EmojiBackend:
             native_size=(size, size),
             size_multiple=1,
             upscales=True,
+            refined_size=refined,
             quality_steps=dict(sampling.get("quality_steps", QUALITY_STEPS)),
             default_quality="medium",
             default_guidance=float(sampling.get("default_guidance", DEFAULT_GUIDANCE)),

@@ -29,3 +29,14 @@ TIMESTEP_SHIFT = 1.0
 # twice the UNet rows. 0 = guide every step; a weights folder's `sampling.guidance_min_timestep`
 # overrides it.
 GUIDANCE_MIN_TIMESTEP = 0
+
+# A weights folder's second stage (`upsampler.py`): a subfolder with its own config.json and
+# model.safetensors. Without it the model is one-stage (64 px, fitted to the requested size).
+UPSAMPLER_SUBDIR = "upsampler"
+
+
+def upsampler_dir(weights_dir: Path) -> Path | None:
+    folder = Path(weights_dir) / UPSAMPLER_SUBDIR
+    if (folder / "config.json").exists() and (folder / "model.safetensors").exists():
+        return folder
+    return None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,7 +20,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from canvasd.backends.emoji.defaults import GUIDANCE_MIN_TIMESTEP, ROW_MULTIPLE, SOLVER, SOLVERS, TIMESTEP_SHIFT
+from canvasd.backends.emoji.defaults import (
+    GUIDANCE_MIN_TIMESTEP, ROW_MULTIPLE, SOLVER, SOLVERS, TIMESTEP_SHIFT, upsampler_dir,
+)
+from canvasd.backends.emoji.upsampler import Upsampler, UpsamplerConfig, premultiplied_clamp
 from canvasd.backends.precision import run_denoiser_in_bf16, use_bf16
 from canvasd.backends.emoji.model import (
     ModelConfig,
@@ -100,6 +104,16 @@ class EmojiSample(Sample):
     init_rgba: np.ndarray | None = field(default=None, repr=False)  # (64,64,4) uint8 straight alpha
     x0: torch.Tensor | None = None  # latest clean-image prediction (latent space)
     generator: torch.Generator | None = None  # the sample's seeded stream (SDE solver noise)
+    # second stage: after the denoising steps, one more step redraws the image at 256 px
+    refine: bool = False
+    high: torch.Tensor | None = None  # (1, 4, 256, 256) premultiplied [-1, 1] once refined
+    keep_high: np.ndarray | None = field(default=None, repr=False)  # keep_np at the second stage's size
+    init_high: np.ndarray | None = field(default=None, repr=False)  # init_rgba at the second stage's size
+
+    @property
+    def denoised(self) -> bool:
+        """All first-stage steps are done (the second stage's step, if any, is next)."""
+        return self.step >= len(self.timesteps)
 
 
 def load_rgba64(img: "Image", size: int) -> np.ndarray:
@@ -123,6 +137,8 @@ class EmojiPipeline:
         self.config = config
         self.mcfg = ModelConfig.from_dict(config["model"])
         self.unet = None
+        self.upsampler: Upsampler | None = None  # the second stage, when the weights have one
+        self.upsampler_level = 0.0
         self.text: TextEncoder | None = None
         self._empty: TextCond | None = None
         self._sched = None
@@ -146,6 +162,23 @@ class EmojiPipeline:
         self._sched = make_scheduler(self.mcfg, bool(sampling.get("clip_x0", True)),
                                      str(sampling.get("solver", SOLVER)))
         self._alphas = self._sched.alphas_cumprod.float()
+        self._load_upsampler()
+
+    def _load_upsampler(self) -> None:
+        folder = upsampler_dir(self.weights_dir)
+        if folder is None:
+            return
+        from safetensors.torch import load_file
+
+        config = json.loads((folder / "config.json").read_text())
+        net = Upsampler(UpsamplerConfig.from_dict(config["model"]))
+        net.load_state_dict({k: v.float() for k, v in load_file(str(folder / "model.safetensors")).items()})
+        self.upsampler = net.eval().requires_grad_(False)
+        self.upsampler_level = float(config.get("sampling", {}).get("level", 0.0))
+
+    @property
+    def refined_size(self) -> int:
+        return self.upsampler.cfg.out_size if self.upsampler is not None else self.mcfg.image_size
 
     # ---- start -------------------------------------------------------------------------------
 
@@ -169,6 +202,13 @@ class EmojiPipeline:
         # of the input survives. Shapes are the input's, not decided at high noise.
         from_noise = init is None or strength >= 1.0
         shift = self.timestep_shift if from_noise else 1.0
+        # the second stage runs when the answer is larger than the first stage draws
+        refine = self.upsampler is not None and max(job.output_size) > size
+        init_high = keep_high = None
+        if refine and job.init_images:
+            init_high = load_rgba64(job.init_images[0], self.refined_size)
+            if job.mask is not None:
+                keep_high = load_keep_mask(job.mask, self.refined_size)
         samples = []
         for i in range(job.n):
             gen = torch.Generator().manual_seed(int(job.seed) + i)
@@ -191,13 +231,14 @@ class EmojiPipeline:
                 if init is not None:
                     init_noise = torch.randn(shape, generator=gen)
             samples.append(EmojiSample(
-                job=job, index=i, total_steps=len(timesteps), latents=latents, scheduler=sched,
+                job=job, index=i, total_steps=len(timesteps) + int(refine), latents=latents, scheduler=sched,
                 timesteps=timesteps, cond=cond, uncond=uncond if needs_cfg else None,
                 guidance=float(job.guidance_scale),
                 # img2img starts below the interval (0.6 -> t ~ 600): it is guided at every step,
                 # else its prompt and guidance_scale would have no effect
                 guidance_min_timestep=self.guidance_min_timestep if from_noise else 0, init_latents=init, init_noise=init_noise, keep=keep,
                 keep_np=keep_np, init_rgba=init_rgba, generator=gen,
+                refine=refine, keep_high=keep_high, init_high=init_high,
             ))
         return samples
 
@@ -205,6 +246,27 @@ class EmojiPipeline:
 
     @torch.inference_mode()
     def step(self, samples: list[EmojiSample]) -> None:
+        """One step for each sample: a denoising step, or (once denoised) the second stage. Samples
+        of either kind are batched with their own kind, whichever request they belong to."""
+        denoising = [s for s in samples if not s.denoised]
+        refining = [s for s in samples if s.denoised]
+        if denoising:
+            self._denoise(denoising)
+        if refining:
+            self._refine(refining)
+
+    def _refine(self, samples: list[EmojiSample]) -> None:
+        low = torch.cat([from_latent(s.latents, self.mcfg.patch) for s in samples]).clamp(-1, 1)
+        pooled = torch.cat([s.cond.pooled for s in samples]).float()
+        level = torch.full((len(samples),), self.upsampler_level)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            high = self.upsampler(low, pooled, level)
+        high = premultiplied_clamp(high.float())
+        for i, s in enumerate(samples):
+            s.high = high[i : i + 1]
+            s.step += 1
+
+    def _denoise(self, samples: list[EmojiSample]) -> None:
         rows_z, rows_t, rows_c = [], [], []
         for s in samples:
             t = s.timesteps[s.step]
@@ -237,7 +299,7 @@ class EmojiPipeline:
             s.x0 = clean_prediction(v, s.latents, self._alphas[int(t)], self.mcfg.prediction_type).clamp(-1, 1)
             s.latents = s.scheduler.step(v, t, s.latents, generator=s.generator).prev_sample
             s.step += 1
-            if s.keep is not None and not s.done:
+            if s.keep is not None and not s.denoised:
                 # RePaint-style: the kept region follows the init image's own noising trajectory
                 known = s.scheduler.add_noise(s.init_latents, s.init_noise, s.timesteps[s.step : s.step + 1])
                 s.latents = self._blend(s.latents, known, s.keep)
@@ -252,16 +314,26 @@ class EmojiPipeline:
     # ---- decode ------------------------------------------------------------------------------
 
     def _to_image(self, z: torch.Tensor, s: EmojiSample) -> "Image":
-        from PIL import Image
-
         rgba = model_to_rgba_uint8(from_latent(z, self.mcfg.patch))[0]
-        if s.keep_np is not None:
-            rgba = np.where(s.keep_np[..., None], s.init_rgba, rgba)  # exact original where mask=0
-        return Image.fromarray(np.ascontiguousarray(rgba), "RGBA")
+        return _composite(rgba, s.keep_np, s.init_rgba)
+
+    def _high_image(self, s: EmojiSample) -> "Image":
+        return _composite(model_to_rgba_uint8(s.high)[0], s.keep_high, s.init_high)
 
     def preview(self, s: EmojiSample) -> "Image":
+        if s.high is not None:
+            return self._high_image(s)
         z = s.x0 if s.x0 is not None else s.latents
         return self._to_image(z, s)
 
     def finish(self, samples: list[EmojiSample]) -> list["Image"]:
-        return [self._to_image(s.latents, s) for s in samples]
+        return [self._high_image(s) if s.high is not None else self._to_image(s.latents, s) for s in samples]
+
+
+def _composite(rgba: np.ndarray, keep: np.ndarray | None, original: np.ndarray | None) -> "Image":
+    """The image, with the input's exact pixels where the edit's mask keeps them."""
+    from PIL import Image
+
+    if keep is not None:
+        rgba = np.where(keep[..., None], original, rgba)
+    return Image.fromarray(np.ascontiguousarray(rgba), "RGBA")
