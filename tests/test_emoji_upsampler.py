@@ -17,6 +17,7 @@ from canvasd.backends.emoji.model import model_to_rgba_uint8
 from canvasd.backends.emoji.upsampler import Upsampler, UpsamplerConfig, premultiplied_clamp
 from canvasd.contracts import Job
 from canvasd.training.train import TrainConfig, train
+from canvasd.training.detail import edge_energy, evaluate_detail, highband_energy, highband_share, psnr
 from canvasd.training.train_upsampler import UpsamplerTrainConfig, reduce_to, train_upsampler
 
 
@@ -156,3 +157,38 @@ def test_masked_edit_keeps_the_input_pixels_at_the_second_stages_size(backend):
     assert (out[:, 136:] == init[:, 136:]).all()
     var = _run(backend, _job(kind="variation", prompt="", init_images=[Image.fromarray(init, "RGBA")], n=2))
     assert [v.size for v in var] == [(256, 256)] * 2
+
+
+def _disc(size: int = 256, pattern: bool = False) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size]
+    img = np.zeros((size, size, 4), np.uint8)
+    inside = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size * 0.4) ** 2
+    img[inside] = (200, 40, 40, 255)
+    if pattern:  # one-pixel stripes: detail only a full-size image holds
+        img[inside & (yy % 2 == 0), :3] = 20
+    return img
+
+
+def test_highband_share_sees_fine_detail_inside_the_drawing_only():
+    flat, striped = _disc()[None], _disc(pattern=True)[None]
+    # the silhouette's edge is eroded away: a flat drawing has next to no detail energy
+    assert highband_energy(flat)[0][0] < 1e-3 * highband_energy(striped)[0][0]
+    assert highband_share(striped) > 0.5
+    blurred = np.asarray(Image.fromarray(striped[0], "RGBA").resize((64, 64), Image.Resampling.LANCZOS)
+                         .resize((256, 256), Image.Resampling.LANCZOS))[None]
+    assert highband_share(blurred) < 0.2 * highband_share(striped)
+    assert edge_energy(blurred)[0] < 0.5 * edge_energy(striped)[0]
+    assert psnr(striped, striped)[0] > 90 and psnr(blurred, striped)[0] < 20
+
+
+def test_detail_evaluation_reports_both_stages_and_writes_the_sheet(two_stage):
+    root, _, _ = two_stage
+    r = evaluate_detail(root / "weights", root / "data", root / "eval", max_images=4, seeds=1, speed=False)
+    for block in ("from_real_64px", "generated"):
+        assert set(r[block]) >= {"real art", "one stage (fitted)", "two stages"}
+        assert r[block]["real art"]["highband_share"] > 0  # the synthetic art's 2 px line
+    assert r["from_real_64px"]["two stages"]["psnr_db"] > 0
+    assert set(r["concepts"]) >= {"one stage", "two stages"}
+    assert Image.open(root / "eval" / "detail_sheet.png").width > 6 * 512
+    assert "| two stages |" in (root / "eval" / "detail.md").read_text()
+    assert json.loads((root / "eval" / "detail.json").read_text())["size"] == 256

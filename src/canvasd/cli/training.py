@@ -116,12 +116,50 @@ def train_config(*, tiny: bool = False, prediction_type: str = "sample", **optio
 def train_data(
     data_dir: DataDir = Path("data"),
     limit: Annotated[Optional[int], typer.Option(help="Only the first N concepts (a quick, small dataset).")] = None,
+    size: Annotated[int, typer.Option(help="Image side: 64 for the first stage, 256 for the second "
+                                      "(emoji<size>.npz; above 136 px the font's bitmaps are left out).")] = 64,
 ) -> None:
     """Build the emoji dataset (cached: a second run reuses it)."""
     require_extra("train")
     from canvasd.training.data import build_dataset
+    from canvasd.training.train_upsampler import sources_for_size
 
-    typer.echo(f"dataset: {build_dataset(data_dir, limit=limit)}")
+    typer.echo(f"dataset: {build_dataset(data_dir, size=size, limit=limit, sources=sources_for_size(size))}")
+
+
+@train_app.command("upsampler")
+def train_upsampler_cmd(
+    name: Annotated[str, typer.Option(help="Run name: runs/<name>/ holds its checkpoint, log and weights; "
+                                      "running again with the same name resumes.")] = "up256",
+    max_minutes: Annotated[Optional[float], typer.Option(
+        help=f"Training-time budget (default {DEFAULT_BUDGET_MINUTES:g} when --max-steps is not given either).")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Step budget.")] = None,
+    data_dir: DataDir = Path("data"),
+    runs_dir: Annotated[Path, typer.Option(help="Folder of the runs.")] = Path("runs"),
+    first_stage: Annotated[Optional[Path], typer.Option(
+        help="First-stage weights whose samples the stage learns to refine (default: the packaged weights).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Crops per step (default: the recipe's).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: the recipe's).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the run.")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="Torch threads.")] = None,
+    tiny: Annotated[bool, typer.Option(help="A tiny network, for trying the pipeline in seconds.")] = False,
+    export_to: Annotated[Optional[Path], typer.Option(
+        help="Folder written at the end (default runs/<name>/weights; the packaged model's is "
+             "src/canvasd/backends/emoji/weights/upsampler).")] = None,
+) -> None:
+    """Train (or resume) the second stage (64 -> 256 px) on the 256 px dataset, built first when missing."""
+    require_extra("train")
+    from canvasd.training.data import build_dataset
+    from canvasd.training.train_upsampler import UpsamplerTrainConfig, sources_for_size, train_upsampler
+
+    given = {k: str(v) if isinstance(v, Path) else v for k, v in dict(
+        name=name, max_minutes=max_minutes, max_steps=max_steps, data_dir=data_dir, runs_dir=runs_dir,
+        first_stage=first_stage, batch_size=batch_size, lr=lr, seed=seed, threads=threads).items() if v is not None}
+    if "max_minutes" not in given and "max_steps" not in given:
+        given["max_minutes"] = DEFAULT_BUDGET_MINUTES
+    cfg = UpsamplerTrainConfig.tiny(**given) if tiny else UpsamplerTrainConfig(**given)
+    typer.echo(f"dataset: {build_dataset(data_dir, size=cfg.model.out_size, sources=sources_for_size(cfg.model.out_size))}")
+    train_upsampler(cfg, export_to=export_to)
 
 
 @train_app.command("export")

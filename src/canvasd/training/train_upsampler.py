@@ -43,6 +43,7 @@ from canvasd.training.train import (
 from canvasd.training.trainset import EmojiData, load_training_data
 
 UPSAMPLER_FORMAT = "canvasd-emoji-upsampler/1"
+FONT_BITMAP_PX = 136  # the Noto Color Emoji font's only bitmap size (one glyph's width)
 DEFAULT_LEVEL = 0.1  # degradation level the served network is told (measured: model card)
 
 
@@ -96,6 +97,15 @@ class UpsamplerTrainConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.runs_dir) / self.name
+
+
+def sources_for_size(size: int) -> list[str] | None:
+    """Dataset sources for `size` px images (None: all). Above the font's bitmap size its glyphs
+    would be enlargements, which would teach the second stage to blur: the SVG sets only (the
+    font's own artwork is among them, as `noto-svg`)."""
+    from canvasd.training.data import SOURCES
+
+    return None if size <= FONT_BITMAP_PX else [s.key for s in SOURCES if s.key != "noto"]
 
 
 def reduce_to(images: np.ndarray, size: int) -> np.ndarray:
