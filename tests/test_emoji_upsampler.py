@@ -192,3 +192,14 @@ def test_detail_evaluation_reports_both_stages_and_writes_the_sheet(two_stage):
     assert Image.open(root / "eval" / "detail_sheet.png").width > 6 * 512
     assert "| two stages |" in (root / "eval" / "detail.md").read_text()
     assert json.loads((root / "eval" / "detail.json").read_text())["size"] == 256
+
+
+def test_bench_step_scaling_times_the_second_stage_too(backend):
+    from canvasd.bench.report import scaling_table
+    from canvasd.bench.scenarios import step_scaling
+
+    scaling = step_scaling(backend, _job(), batches=(1, 2), repeats=1)
+    assert set(scaling["second_stage_s"]) == {"1", "2"} and scaling["second_stage_per_image_s"]["2"] > 0
+    assert "| second stage, seconds per image |" in scaling_table(scaling)
+    one_stage = step_scaling(backend, _job(output_width=64, output_height=64), batches=(1,), repeats=1)
+    assert "second_stage_s" not in one_stage

@@ -133,6 +133,10 @@ def scaling_table(scaling: dict[str, Any]) -> str:
              "| seconds per step | " + " | ".join(f"{scaling['step_s'][k]:.3f}" for k in ks) + " |",
              "| seconds per image-step | " + " | ".join(f"{scaling['per_image_step_s'][k]:.4f}" for k in ks) + " |",
              "| batching ceiling vs one at a time | " + " | ".join(f"{scaling['ceiling'][k]:.2f}x" for k in ks) + " |"]
+    if "second_stage_s" in scaling:
+        lines += ["| second stage, seconds | " + " | ".join(f"{scaling['second_stage_s'][k]:.3f}" for k in ks) + " |",
+                  "| second stage, seconds per image | "
+                  + " | ".join(f"{scaling['second_stage_per_image_s'][k]:.4f}" for k in ks) + " |"]
     return "\n".join(lines)
 
 

@@ -178,9 +178,10 @@ STEP_BATCHES = (1, 2, 4, 8, 16)
 def step_scaling(backend: StepwiseBackend, job: Job, batches: tuple[int, ...] = STEP_BATCHES, repeats: int = 3) -> dict[str, Any]:
     """Seconds per denoising step for k images in one batch (median of `repeats` steps), and what
     that allows: `ceiling[k]` = images/s batched at k / images/s one at a time, counting denoising
-    only. It bounds (b)/(c): if the model's step cost grows almost linearly with the rows, no
+    only; for a two-stage model also the seconds of its second stage on the k images (one run). It bounds (b)/(c): if the model's step cost grows almost linearly with the rows, no
     scheduler can make batching pay more on this machine."""
     step_s: dict[int, float] = {}
+    stage2_s: dict[int, float] = {}
     for k in batches:
         samples = backend.start(replace(job, n=k, steps=repeats + 1, partial_images=0))
         backend.step(samples)  # warm-up at this batch size
@@ -190,10 +191,18 @@ def step_scaling(backend: StepwiseBackend, job: Job, batches: tuple[int, ...] = 
             backend.step(samples)
             times.append(time.perf_counter() - t0)
         step_s[k] = sorted(times)[len(times) // 2]
+        if not all(s.done for s in samples):  # a second stage (the emoji model's upsampler) is left
+            t0 = time.perf_counter()
+            backend.step(samples)
+            stage2_s[k] = time.perf_counter() - t0
     one = step_s[batches[0]] / batches[0]
-    return {"step_s": {str(k): round(v, 4) for k, v in step_s.items()},
-            "per_image_step_s": {str(k): round(v / k, 4) for k, v in step_s.items()},
-            "ceiling": {str(k): round(one / (v / k), 2) for k, v in step_s.items()}}
+    out = {"step_s": {str(k): round(v, 4) for k, v in step_s.items()},
+           "per_image_step_s": {str(k): round(v / k, 4) for k, v in step_s.items()},
+           "ceiling": {str(k): round(one / (v / k), 2) for k, v in step_s.items()}}
+    if stage2_s:
+        out["second_stage_s"] = {str(k): round(v, 4) for k, v in stage2_s.items()}
+        out["second_stage_per_image_s"] = {str(k): round(v / k, 4) for k, v in stage2_s.items()}
+    return out
 
 
 def planned_jobs(cfg: BenchConfig, registry: Any) -> list[Any]:
