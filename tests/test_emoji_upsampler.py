@@ -203,3 +203,18 @@ def test_bench_step_scaling_times_the_second_stage_too(backend):
     assert "| second stage, seconds per image |" in scaling_table(scaling)
     one_stage = step_scaling(backend, _job(output_width=64, output_height=64), batches=(1,), repeats=1)
     assert "second_stage_s" not in one_stage
+
+
+def test_eval_detail_command(two_stage, tmp_path):
+    from typer.testing import CliRunner
+
+    from canvasd.cli import app
+
+    root, _, _ = two_stage
+    res = CliRunner().invoke(app, ["eval", "detail", "--weights", str(root / "weights"), "--data-dir",
+                                   str(root / "data"), "--out", str(tmp_path), "--max-images", "2", "--seeds", "1",
+                                   "--no-speed", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    assert "| two stages |" in res.output and (tmp_path / "detail_sheet.png").exists()
+    res = CliRunner().invoke(app, ["eval", "detail", "--data-dir", str(tmp_path / "none")])
+    assert res.exit_code == 2 and "canvasd train data" in res.output and "--size 256" in res.output

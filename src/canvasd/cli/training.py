@@ -190,8 +190,9 @@ Threads = Annotated[int, typer.Option(help="Torch threads.")]
 
 def _eval_setup(threads: int, data_dir: Path | None = None, data_name: str = "emoji64") -> None:
     if data_dir is not None and not (data_dir / f"{data_name}.npz").exists():
+        size = data_name.removeprefix("emoji")
         raise CommandError(f"no dataset {data_name!r} in {data_dir}: build it with `canvasd train data "
-                           f"--data-dir {data_dir}`")
+                           f"--data-dir {data_dir}" + (f" --size {size}`" if size != "64" else "`"))
     import torch
 
     torch.set_num_threads(threads)
@@ -216,6 +217,30 @@ def eval_report(
     r = evaluate(weights or _packaged_weights(), data_dir, out, data_name, max_heldout, quality=quality,
                  guidance=guidance, speed=speed)
     typer.echo(to_markdown(r))
+
+
+@eval_app.command("detail")
+def eval_detail(
+    weights: Weights = None,
+    data_dir: DataDir = Path("data"),
+    out: Annotated[Path, typer.Option(help="Folder for detail.json, detail.md and the 512 px sheet.")] = Path("runs/eval-detail"),
+    max_images: Annotated[int, typer.Option(help="Held-out 256 px renders used.")] = 128,
+    seeds: Annotated[int, typer.Option(help="Seeds per paraphrase prompt.")] = 2,
+    quality: Quality = "medium",
+    level: Annotated[Optional[float], typer.Option(
+        help="Degradation level the second stage is told (default: its weights').")] = None,
+    threads: Threads = 2,
+    speed: Annotated[bool, typer.Option("--speed/--no-speed", help="Also time a 1024 px answer, one stage vs two.")] = True,
+) -> None:
+    """The second stage: detail against the real art, concepts and speed, one stage vs two (markdown)."""
+    _eval_setup(threads, data_dir, "emoji256")
+    from canvasd.training.detail import detail_markdown, evaluate_detail
+
+    try:
+        r = evaluate_detail(weights or _packaged_weights(), data_dir, out, max_images, seeds, quality, level, speed=speed)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    typer.echo(detail_markdown(r))
 
 
 @eval_app.command("sheet")
