@@ -28,6 +28,7 @@ def test_local_model_capabilities_come_from_the_backend(server):
     assert caps["alpha"] is True and caps["inpaint"] is True and caps["negative_prompt"] is True
     assert caps["guidance_scale"] is True and caps["loras"] == []
     assert caps["native_size"] == "64x64" and caps["sizes"][:2] == ["auto", "64x64"]
+    assert caps["refined_size"] is None  # no second stage
     assert caps["quality_steps"] == {"low": 2, "medium": 3, "high": 4}
     assert caps["default_quality"] == "medium" and caps["n_max"] == 10
     assert "strength" in caps["parameters"]["edits"] and "strength" not in caps["parameters"]["generations"]

@@ -861,6 +861,8 @@ def model_abilities(requested: str, registry: "ModelRegistry", strict: bool) -> 
         "min_side": 1 if caps.upscales else caps.min_side,
         "max_side": size_prof.flex.max_edge if size_prof.flex else caps.max_side,
         "native_size": f"{caps.native_size[0]}x{caps.native_size[1]}",
+        # a second stage: one more step for answers larger than native_size, drawn at this size
+        "refined_size": f"{caps.refined_size[0]}x{caps.refined_size[1]}" if caps.refined_size else None,
         "quality": [q for q in prof.quality
                     if not (strict and not target.is_local and q in prof.strict_quality_refused)],
         "default_quality": caps.default_quality,

@@ -226,15 +226,27 @@ async function buildRequest() {
   return new ImageRequest(endpoint, f, files);
 }
 
-/** Steps the request runs: what it asked for, else its quality's (as the server resolves it). */
+/** Steps the request runs: what it asked for, else its quality's (as the server resolves it),
+ * plus the second stage's one step when the model has one and the answer is larger than native. */
 function plannedSteps(fields) {
   const c = caps();
+  return denoisingSteps(fields, c) + (c.refined_size && sideOf(fields.size) > sideOf(c.native_size) ? 1 : 0);
+}
+
+function denoisingSteps(fields, c) {
   if (typeof fields.num_inference_steps === "number") return fields.num_inference_steps;
   let q = fields.quality || "auto";
   if (q === "auto") q = c.default_quality;
   q = QUALITY_ALIASES[q] || q;
   return c.quality_steps[q] || c.quality_steps.high || c.quality_steps[c.default_quality];
 }
+
+/** The larger side of a "WxH" size (size auto answers 1024x1024, as upstream). */
+function sideOf(size) {
+  const m = /^(\d+)x(\d+)$/.exec(size || "");
+  return m ? Math.max(+m[1], +m[2]) : 1024;
+}
+
 
 // --- running ---------------------------------------------------------------------------------
 
