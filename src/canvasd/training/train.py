@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from canvasd.backends.emoji.defaults import DEFAULT_GUIDANCE, GUIDANCE_MIN_TIMESTEP, QUALITY_STEPS, ROW_MULTIPLE, SOLVER
 from canvasd.backends.emoji.model import (
-    ModelConfig, TextCond, build_unet, rgba_uint8_to_model, shift_timesteps, to_latent,
+    ModelConfig, build_unet, rgba_uint8_to_model, shift_timesteps, to_latent,
 )
 from canvasd.backends.precision import cpu_has_fast_bf16
 from canvasd.training.trainset import EmojiData, load_training_data

@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from canvasd.backends.emoji.defaults import PACKAGED_WEIGHTS
 from canvasd.backends.emoji.model import ModelConfig, build_unet, rgba_uint8_to_model, to_latent, from_latent
