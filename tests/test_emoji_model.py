@@ -282,7 +282,7 @@ def test_unknown_solver_is_refused_at_load(trained, tmp_path):
 
 
 def test_a_paused_step_does_not_spend_the_time_budget():
-    from canvasd.training.train import budget_seconds
+    from canvasd.training.runbook import budget_seconds
 
     counted, typical = budget_seconds(0.5, None)
     assert (counted, typical) == (0.5, 0.5)

@@ -17,11 +17,9 @@ training time and RNG states; running again with the same name resumes.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,6 +33,7 @@ from canvasd.backends.emoji.model import (
     ModelConfig, build_unet, rgba_uint8_to_model, shift_timesteps, to_latent,
 )
 from canvasd.backends.precision import cpu_has_fast_bf16
+from canvasd.training.runbook import RunBook
 from canvasd.training.trainset import EmojiData, load_training_data
 
 
@@ -194,35 +193,6 @@ def save_checkpoint(path: Path, state: dict) -> None:
     tmp.replace(path)
 
 
-def plot_losses(csv_path: Path, png_path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover - matplotlib is a training extra
-        return
-    rows = list(csv.reader(csv_path.open()))[1:]
-    if not rows:
-        return
-    steps = np.array([int(r[0]) for r in rows])
-    loss = np.array([float(r[1]) for r in rows])
-    smooth = np.copy(loss)
-    for i in range(1, len(loss)):
-        smooth[i] = 0.98 * smooth[i - 1] + 0.02 * loss[i]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(steps, loss, alpha=0.25, lw=0.6, label="loss")
-    ax.plot(steps, smooth, lw=1.5, label="EMA(0.98)")
-    ax.set_xlabel("step")
-    ax.set_ylabel("weighted v-MSE")
-    ax.set_yscale("log")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
-
-
 def export(ckpt_path: str | Path, weights_dir: str | Path, use_ema: bool = True,
            guidance_min_timestep: int = GUIDANCE_MIN_TIMESTEP) -> Path:
     """Write fp16 safetensors + config.json (architecture, scheduler, text encoder, recipe).
@@ -264,17 +234,6 @@ def export(ckpt_path: str | Path, weights_dir: str | Path, use_ema: bool = True,
 # ---- the loop ---------------------------------------------------------------------------------
 
 
-def budget_seconds(dt: float, typical: float | None) -> tuple[float, float]:
-    """(seconds of the time budget a step of `dt` s spends, the new running mean step time).
-    A step over 10x the mean was paused (kill -STOP, a suspended VM): it counts as a typical step,
-    so pausing a run to measure something else does not spend its budget."""
-    if typical is None:
-        return dt, dt
-    if dt > 10 * typical:
-        return typical, typical
-    return dt, 0.95 * typical + 0.05 * dt
-
-
 def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
     warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
     cos = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
@@ -284,7 +243,6 @@ def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
 def train(cfg: TrainConfig, export_to: str | Path | None = None, progress_bar: bool = True,
           guidance_min_timestep: int = GUIDANCE_MIN_TIMESTEP) -> dict:
     """Train (or resume) `cfg.name`; returns a summary. Stops at max_steps or the time budget."""
-    from tqdm import tqdm
 
     if cfg.max_steps is None and cfg.max_minutes is None:
         raise ValueError("set max_steps or max_minutes")
@@ -292,7 +250,6 @@ def train(cfg: TrainConfig, export_to: str | Path | None = None, progress_bar: b
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "ckpt.pt"
-    csv_path = run_dir / "loss.csv"
 
     data = load_training_data(cfg.data_dir, cfg.data_name, cfg.model.max_tokens, cfg.max_images)
     n = len(data.images)
@@ -308,7 +265,7 @@ def train(cfg: TrainConfig, export_to: str | Path | None = None, progress_bar: b
     alphas_cumprod = sched.alphas_cumprod.float()
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    step, train_seconds, loss_ema = 0, 0.0, None
+    book = RunBook(run_dir, log_every=cfg.log_every, ckpt_every_minutes=cfg.ckpt_every_minutes)
     sched_t0, sched_s0 = 0.0, 0  # where this run's lr schedule and time budget start
 
     source = ckpt_path if ckpt_path.exists() else (Path(cfg.finetune_from) if cfg.finetune_from else None)
@@ -327,31 +284,23 @@ def train(cfg: TrainConfig, export_to: str | Path | None = None, progress_bar: b
             print(f"output layer reset: {src_pred} -> {cfg.model.prediction_type}", flush=True)
         model.load_state_dict(sd)
         ema.load_state_dict(sd)
-        step = int(src_cfg.get("training", {}).get("step", 0))
-        sched_s0 = step
-        print(f"initialised from weights {source} (step {step}), fresh optimizer", flush=True)
+        book.step = sched_s0 = int(src_cfg.get("training", {}).get("step", 0))
+        print(f"initialised from weights {source} (step {book.step}), fresh optimizer", flush=True)
         source = None
     if source is not None:
         ck = torch.load(source, map_location="cpu", weights_only=False)
         model.load_state_dict(ck["model"])
         ema.load_state_dict(ck["ema"])
         opt.load_state_dict(ck["opt"])
-        step, train_seconds, loss_ema = ck["step"], ck["train_seconds"], ck.get("loss_ema")
+        book.resume(ck["step"], ck["train_seconds"], ck.get("loss_ema"))
         rng.bit_generator.state = ck["np_rng"]
         gen.set_state(ck["torch_rng"])
         sched_t0, sched_s0 = ck.get("sched_t0", 0.0), ck.get("sched_s0", 0)
         if source != ckpt_path:  # fine-tune: fresh warmup + cosine over this run's budget
-            sched_t0, sched_s0 = train_seconds, step
+            sched_t0, sched_s0 = book.train_seconds, book.step
             for g in opt.param_groups:
                 g["initial_lr"] = cfg.lr
-        print(f"resumed {source} at step {step} ({train_seconds / 60:.1f} min trained)", flush=True)
-        if csv_path.exists():  # drop rows logged after that checkpoint
-            rows = [r for r in csv.reader(csv_path.open())][1:]
-            rows = [r for r in rows if int(r[0]) <= step]
-            with csv_path.open("w", newline="") as f:
-                csv.writer(f).writerows([["step", "loss", "lr", "train_seconds"], *rows])
-    if not csv_path.exists():
-        csv_path.write_text("step,loss,lr,train_seconds\n")
+        print(f"resumed {source} at step {book.step} ({book.train_seconds / 60:.1f} min trained)", flush=True)
     data_info = {"name": cfg.data_name, "train_images": n, "concepts": len(data.meta["concepts"]),
                  "styles": [s["name"] for s in data.meta["styles"]], "caption_strings": len(data.captions.strings)}
     (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
@@ -359,27 +308,24 @@ def train(cfg: TrainConfig, export_to: str | Path | None = None, progress_bar: b
     def progress() -> float:
         p = 0.0
         if cfg.max_steps:
-            p = max(p, (step - sched_s0) / cfg.max_steps)
+            p = max(p, (book.step - sched_s0) / cfg.max_steps)
         if cfg.max_minutes:
-            p = max(p, (train_seconds - sched_t0) / (cfg.max_minutes * 60))
+            p = max(p, (book.train_seconds - sched_t0) / (cfg.max_minutes * 60))
         return p
 
     def checkpoint() -> None:
         save_checkpoint(ckpt_path, {
-            "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
-            "train_seconds": train_seconds, "loss_ema": loss_ema, "np_rng": rng.bit_generator.state,
-            "torch_rng": gen.get_state(), "cfg": cfg.to_dict(), "sched_t0": sched_t0, "sched_s0": sched_s0, "git_commit": git_commit(), "data_info": data_info,
+            "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": book.step,
+            "train_seconds": book.train_seconds, "loss_ema": book.loss_ema, "np_rng": rng.bit_generator.state,
+            "torch_rng": gen.get_state(), "cfg": cfg.to_dict(), "sched_t0": sched_t0, "sched_s0": sched_s0,
+            "git_commit": git_commit(), "data_info": data_info,
         })
-        plot_losses(csv_path, run_dir / "loss.png")
+        book.checkpointed()
 
     use_bf16 = cpu_has_fast_bf16() if cfg.bf16 is None else cfg.bf16
-    step_seconds: float | None = None  # running mean of a step's time
     ema_params = list(ema.parameters())
     params = list(model.parameters())
-    last_ckpt = time.monotonic()
-    log_rows: list[list] = []
-    bar = tqdm(total=cfg.max_steps, initial=step, disable=not progress_bar, mininterval=20, dynamic_ncols=False,
-               file=sys.stdout)
+    book.start(cfg.max_steps, progress_bar)
     while progress() < 1.0:
         t0 = time.perf_counter()
         idx = rng.integers(0, n, size=cfg.batch_size)
@@ -398,7 +344,7 @@ def train(cfg: TrainConfig, export_to: str | Path | None = None, progress_bar: b
         target = z0 if cfg.model.prediction_type == "sample" else a * noise - s * z0  # x0 or v
         tokens, mask, pooled = text.tokens[cap].float(), text.mask[cap].float(), text.pooled[cap].float()
 
-        lr = lr_at(cfg, step - sched_s0, progress())
+        lr = lr_at(cfg, book.step - sched_s0, progress())
         for g in opt.param_groups:
             g["lr"] = lr
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
@@ -410,39 +356,16 @@ def train(cfg: TrainConfig, export_to: str | Path | None = None, progress_bar: b
         elif cfg.min_snr_gamma:
             per = per * snr.clamp(max=cfg.min_snr_gamma) / (snr + 1)
         loss = per.mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1 - decay)
-
-        step += 1
-        counted, step_seconds = budget_seconds(time.perf_counter() - t0, step_seconds)
-        train_seconds += counted
-        lv = loss.item()
-        loss_ema = lv if loss_ema is None else 0.99 * loss_ema + 0.01 * lv
-        log_rows.append([step, f"{lv:.5f}", f"{lr:.3e}", f"{train_seconds:.1f}"])
-        bar.update(1)
-        if step % cfg.log_every == 0:
-            left = (cfg.max_minutes * 60 - train_seconds + sched_t0) / 60 if cfg.max_minutes else float("nan")
-            bar.set_postfix(loss=f"{loss_ema:.4f}", lr=f"{lr:.2e}", left_min=f"{left:.1f}", refresh=False)
-            with csv_path.open("a", newline="") as f:
-                csv.writer(f).writerows(log_rows)
-            log_rows.clear()
-        if time.monotonic() - last_ckpt >= cfg.ckpt_every_minutes * 60:
-            with csv_path.open("a", newline="") as f:
-                csv.writer(f).writerows(log_rows)
-            log_rows.clear()
+        book.optimizer_step(loss, opt, params, ema_params, cfg.grad_clip, cfg.ema_decay, book.step)
+        left = (cfg.max_minutes * 60 - book.train_seconds + sched_t0) / 60 if cfg.max_minutes else float("nan")
+        if book.record(t0, loss.item(), lr, left_min=f"{left:.1f}"):
             checkpoint()
-            last_ckpt = time.monotonic()
-            print(f"\ncheckpoint step {step} loss_ema {loss_ema:.4f} trained {train_seconds / 60:.1f} min", flush=True)
-    bar.close()
-    with csv_path.open("a", newline="") as f:
-        csv.writer(f).writerows(log_rows)
+            print(f"\ncheckpoint step {book.step} loss_ema {book.loss_ema:.4f} trained "
+                  f"{book.train_seconds / 60:.1f} min", flush=True)
+    book.close()
     checkpoint()
     weights = export(ckpt_path, export_to or run_dir / "weights", guidance_min_timestep=guidance_min_timestep)
-    summary = {"step": step, "loss_ema": loss_ema, "train_minutes": train_seconds / 60, "weights": str(weights)}
+    summary = {"step": book.step, "loss_ema": book.loss_ema, "train_minutes": book.train_seconds / 60,
+               "weights": str(weights)}
     print(json.dumps(summary), flush=True)
     return summary

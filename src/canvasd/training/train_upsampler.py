@@ -22,9 +22,7 @@ The loop shares the first stage's pieces: time budget, cosine schedule, EMA, res
 
 from __future__ import annotations
 
-import csv
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,9 +34,8 @@ from canvasd.backends.emoji.defaults import PACKAGED_WEIGHTS
 from canvasd.backends.emoji.model import ModelConfig, build_unet, rgba_uint8_to_model, to_latent, from_latent
 from canvasd.backends.emoji.upsampler import Upsampler, UpsamplerConfig
 from canvasd.backends.precision import cpu_has_fast_bf16
-from canvasd.training.train import (
-    budget_seconds, git_commit, lr_at, make_noise_scheduler, plot_losses, sample_captions, save_checkpoint,
-)
+from canvasd.training.runbook import RunBook
+from canvasd.training.train import git_commit, lr_at, make_noise_scheduler, sample_captions, save_checkpoint
 from canvasd.training.trainset import EmojiData, load_training_data
 
 UPSAMPLER_FORMAT = "canvasd-emoji-upsampler/1"
@@ -178,7 +175,6 @@ def export_upsampler(ckpt_path: str | Path, weights_dir: str | Path, level: floa
 def train_upsampler(cfg: UpsamplerTrainConfig, export_to: str | Path | None = None,
                     progress_bar: bool = True) -> dict:
     """Train (or resume) `cfg.name`; returns a summary. Stops at max_steps or the time budget."""
-    from tqdm import tqdm
 
     if cfg.max_steps is None and cfg.max_minutes is None:
         raise ValueError("set max_steps or max_minutes")
@@ -187,7 +183,7 @@ def train_upsampler(cfg: UpsamplerTrainConfig, export_to: str | Path | None = No
     torch.set_num_threads(cfg.threads)
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path, csv_path = run_dir / "ckpt.pt", run_dir / "loss.csv"
+    ckpt_path = run_dir / "ckpt.pt"
     use_bf16 = cpu_has_fast_bf16() if cfg.bf16 is None else cfg.bf16
 
     degrader = FirstStage(cfg.first_stage, use_bf16)
@@ -207,23 +203,16 @@ def train_upsampler(cfg: UpsamplerTrainConfig, export_to: str | Path | None = No
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    step, train_seconds, loss_ema = 0, 0.0, None
+    book = RunBook(run_dir, log_every=cfg.log_every, ckpt_every_minutes=cfg.ckpt_every_minutes)
     if ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         model.load_state_dict(ck["model"])
         ema.load_state_dict(ck["ema"])
         opt.load_state_dict(ck["opt"])
-        step, train_seconds, loss_ema = ck["step"], ck["train_seconds"], ck.get("loss_ema")
+        book.resume(ck["step"], ck["train_seconds"], ck.get("loss_ema"))
         rng.bit_generator.state = ck["np_rng"]
         gen.set_state(ck["torch_rng"])
-        print(f"resumed {ckpt_path} at step {step} ({train_seconds / 60:.1f} min trained)", flush=True)
-        if csv_path.exists():  # drop rows logged after that checkpoint
-            rows = [r for r in csv.reader(csv_path.open())][1:]
-            with csv_path.open("w", newline="") as f:
-                csv.writer(f).writerows([["step", "loss", "lr", "train_seconds"],
-                                         *[r for r in rows if int(r[0]) <= step]])
-    if not csv_path.exists():
-        csv_path.write_text("step,loss,lr,train_seconds\n")
+        print(f"resumed {ckpt_path} at step {book.step} ({book.train_seconds / 60:.1f} min trained)", flush=True)
     data_info = {"name": cfg.data_name, "train_images": n, "concepts": len(data.meta["concepts"]),
                  "styles": [s["name"] for s in data.meta["styles"]]}
     (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
@@ -231,26 +220,23 @@ def train_upsampler(cfg: UpsamplerTrainConfig, export_to: str | Path | None = No
     def progress() -> float:
         p = 0.0
         if cfg.max_steps:
-            p = max(p, step / cfg.max_steps)
+            p = max(p, book.step / cfg.max_steps)
         if cfg.max_minutes:
-            p = max(p, train_seconds / (cfg.max_minutes * 60))
+            p = max(p, book.train_seconds / (cfg.max_minutes * 60))
         return p
 
     def checkpoint() -> None:
         save_checkpoint(ckpt_path, {
-            "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
-            "train_seconds": train_seconds, "loss_ema": loss_ema, "np_rng": rng.bit_generator.state,
+            "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": book.step,
+            "train_seconds": book.train_seconds, "loss_ema": book.loss_ema, "np_rng": rng.bit_generator.state,
             "torch_rng": gen.get_state(), "cfg": cfg.to_dict(), "git_commit": git_commit(), "data_info": data_info,
         })
-        plot_losses(csv_path, run_dir / "loss.png")
+        book.checkpointed()
 
     scale, lo_crop = cfg.model.scale, cfg.crop // cfg.model.scale
     lo_size = cfg.model.in_size
     params, ema_params = list(model.parameters()), list(ema.parameters())
-    step_seconds: float | None = None
-    last_ckpt = time.monotonic()
-    log_rows: list[list] = []
-    bar = tqdm(total=cfg.max_steps, initial=step, disable=not progress_bar, mininterval=20, file=sys.stdout)
+    book.start(cfg.max_steps, progress_bar)
     while progress() < 1.0:
         t0 = time.perf_counter()
         idx = rng.integers(0, n, size=cfg.batch_size)
@@ -273,44 +259,21 @@ def train_upsampler(cfg: UpsamplerTrainConfig, export_to: str | Path | None = No
                           for i, (y, x) in enumerate(zip(oy, ox))])
         level = t.float() / 1000
 
-        lr = lr_at(cfg, step, progress())
+        lr = lr_at(cfg, book.step, progress())
         for g in opt.param_groups:
             g["lr"] = lr
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
             pred = model(lo, text.pooled[cap].float(), level).float()
         loss = (pred - hi).abs().mean() + cfg.edge_weight * edge_l1(pred, hi)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1 - decay)
-
-        step += 1
-        counted, step_seconds = budget_seconds(time.perf_counter() - t0, step_seconds)
-        train_seconds += counted
-        lv = loss.item()
-        loss_ema = lv if loss_ema is None else 0.99 * loss_ema + 0.01 * lv
-        log_rows.append([step, f"{lv:.5f}", f"{lr:.3e}", f"{train_seconds:.1f}"])
-        bar.update(1)
-        if step % cfg.log_every == 0:
-            bar.set_postfix(loss=f"{loss_ema:.4f}", lr=f"{lr:.2e}", refresh=False)
-            with csv_path.open("a", newline="") as f:
-                csv.writer(f).writerows(log_rows)
-            log_rows.clear()
-        if time.monotonic() - last_ckpt >= cfg.ckpt_every_minutes * 60:
-            with csv_path.open("a", newline="") as f:
-                csv.writer(f).writerows(log_rows)
-            log_rows.clear()
+        book.optimizer_step(loss, opt, params, ema_params, cfg.grad_clip, cfg.ema_decay, book.step)
+        if book.record(t0, loss.item(), lr):
             checkpoint()
-            last_ckpt = time.monotonic()
-            print(f"\ncheckpoint step {step} loss_ema {loss_ema:.4f} trained {train_seconds / 60:.1f} min", flush=True)
-    bar.close()
-    with csv_path.open("a", newline="") as f:
-        csv.writer(f).writerows(log_rows)
+            print(f"\ncheckpoint step {book.step} loss_ema {book.loss_ema:.4f} trained "
+                  f"{book.train_seconds / 60:.1f} min", flush=True)
+    book.close()
     checkpoint()
     weights = export_upsampler(ckpt_path, export_to or run_dir / "weights")
-    summary = {"step": step, "loss_ema": loss_ema, "train_minutes": train_seconds / 60, "weights": str(weights)}
+    summary = {"step": book.step, "loss_ema": book.loss_ema, "train_minutes": book.train_seconds / 60,
+               "weights": str(weights)}
     print(json.dumps(summary), flush=True)
     return summary
