@@ -218,3 +218,27 @@ def test_eval_detail_command(two_stage, tmp_path):
     assert "| two stages |" in res.output and (tmp_path / "detail_sheet.png").exists()
     res = CliRunner().invoke(app, ["eval", "detail", "--data-dir", str(tmp_path / "none")])
     assert res.exit_code == 2 and "canvasd train data" in res.output and "--size 256" in res.output
+
+
+def test_detail_energy_loss_sees_missing_detail_wherever_it_is():
+    from canvasd.training.train_upsampler import detail_energy_l1
+
+    stripes = torch.zeros(1, 4, 64, 64)
+    stripes[:, :, ::2] = 1.0
+    shifted = torch.roll(stripes, 1, dims=2)  # the same detail, one pixel off
+    flat = torch.full_like(stripes, 0.5)  # its blurred mean
+    assert detail_energy_l1(stripes, stripes) < 1e-6
+    assert detail_energy_l1(shifted, stripes) < 0.01 < detail_energy_l1(flat, stripes)
+
+
+def test_a_run_can_start_from_another_runs_weights(two_stage):
+    root, _, _ = two_stage
+    cfg = UpsamplerTrainConfig.tiny(name="s2b", data_dir=str(root / "data"), runs_dir=str(root / "runs"),
+                                    first_stage=str(root / "weights"), init_from=str(root / "runs" / "s2" / "ckpt.pt"),
+                                    detail_weight=1.0, max_steps=1)
+    summary = train_upsampler(cfg, progress_bar=False)
+    assert summary["step"] == 1  # a fresh run, not a resumed one
+    start = torch.load(root / "runs" / "s2" / "ckpt.pt", weights_only=False)["ema"]
+    after = torch.load(root / "runs" / "s2b" / "ckpt.pt", weights_only=False)["model"]
+    key = "head.weight"
+    assert not torch.equal(start[key], after[key]) and torch.allclose(start[key], after[key], atol=0.05)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from canvasd.backends.emoji.defaults import PACKAGED_WEIGHTS
 from canvasd.backends.emoji.model import ModelConfig, build_unet, rgba_uint8_to_model, to_latent, from_latent
@@ -40,7 +41,7 @@ from canvasd.training.trainset import EmojiData, load_training_data
 
 UPSAMPLER_FORMAT = "canvasd-emoji-upsampler/1"
 FONT_BITMAP_PX = 136  # the Noto Color Emoji font's only bitmap size (one glyph's width)
-DEFAULT_LEVEL = 0.1  # degradation level the served network is told (measured: model card)
+DEFAULT_LEVEL = 0.0  # degradation level the served network is told: the sharpest (model card)
 
 
 @dataclass
@@ -63,6 +64,10 @@ class UpsamplerTrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     edge_weight: float = 1.0  # weight of the L1 on pixel differences
+    # weight of the L1 between the local energy of the top octave of prediction and target
+    # (`detail_energy_l1`): a pixel loss alone answers an uncertain detail with its blurred mean
+    detail_weight: float = 0.0
+    init_from: str | None = None  # start from this run's ckpt.pt (weights only: fresh optimizer and schedule)
     p_degrade: float = 0.75  # share of inputs replaced by the first stage's estimate
     t_max: int = 400  # degradation timesteps drawn from [0, t_max)
     # captions as the first stage trains on them (sample_captions reads these)
@@ -149,6 +154,20 @@ def edge_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return dx.abs().mean() + dy.abs().mean()
 
 
+def top_octave_energy(x: torch.Tensor, window: int = 8) -> torch.Tensor:
+    """Local RMS (over `window` px) of what a half-size image cannot hold: x minus its 2x
+    reduction enlarged back."""
+    low = F.interpolate(F.avg_pool2d(x, 2), scale_factor=2, mode="bilinear", align_corners=False)
+    return (F.avg_pool2d((x - low) ** 2, window) + 1e-6).sqrt()
+
+
+def detail_energy_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """How far the amount of fine detail in each neighbourhood is from the real art's, whatever
+    its exact placement: pushes the network to draw the detail it cannot place exactly instead of
+    averaging it away."""
+    return (top_octave_energy(pred) - top_octave_energy(target)).abs().mean()
+
+
 def export_upsampler(ckpt_path: str | Path, weights_dir: str | Path, level: float = DEFAULT_LEVEL) -> Path:
     """fp16 safetensors (EMA) + config.json (architecture, serving level, recipe, provenance)."""
     from safetensors.torch import save_file
@@ -204,7 +223,12 @@ def train_upsampler(cfg: UpsamplerTrainConfig, export_to: str | Path | None = No
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     book = RunBook(run_dir, log_every=cfg.log_every, ckpt_every_minutes=cfg.ckpt_every_minutes)
-    if ckpt_path.exists():
+    if cfg.init_from and not ckpt_path.exists():
+        ck = torch.load(cfg.init_from, map_location="cpu", weights_only=False)
+        model.load_state_dict(ck["ema"])
+        ema.load_state_dict(ck["ema"])
+        print(f"initialised from {cfg.init_from} (EMA of step {ck['step']}), fresh optimizer", flush=True)
+    elif ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         model.load_state_dict(ck["model"])
         ema.load_state_dict(ck["ema"])
@@ -265,6 +289,8 @@ def train_upsampler(cfg: UpsamplerTrainConfig, export_to: str | Path | None = No
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
             pred = model(lo, text.pooled[cap].float(), level).float()
         loss = (pred - hi).abs().mean() + cfg.edge_weight * edge_l1(pred, hi)
+        if cfg.detail_weight:
+            loss = loss + cfg.detail_weight * detail_energy_l1(pred, hi)
         book.optimizer_step(loss, opt, params, ema_params, cfg.grad_clip, cfg.ema_decay, book.step)
         if book.record(t0, loss.item(), lr):
             checkpoint()
