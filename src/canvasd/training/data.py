@@ -27,12 +27,16 @@ from PIL import Image
 NOTO_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
 NOTO_FONT_SIZE = 109  # the only size the CBDT bitmap font has
 DEFAULT_CACHE_DIR = Path("data/cache")
-FORMAT_VERSION = 3  # bump when the output changes for the same inputs (invalidates the cache)
+FORMAT_VERSION = 4  # bump when the output changes for the same inputs (invalidates the cache)
 HELDOUT_SALT = "canvasd-heldout-v1"
 
 # Exact versions (from `npm view <pkg> version`, 2026-11); bump deliberately, the dataset changes.
 NPM_PINS: dict[str, str] = {
     "openmoji": "17.0.0",  # annotations + tags for captions (data/openmoji.json)
+    # Captions only: CLDR names and keywords (single code points / sequences), emojilib keywords.
+    "cldr-annotations-full": "48.2.0",
+    "cldr-annotations-derived-full": "48.2.0",
+    "emojilib": "4.0.3",
     "@iconify-json/twemoji": "1.2.5",
     "@iconify-json/fluent-emoji-flat": "1.2.6",
     "@iconify-json/fluent-emoji": "1.2.7",
@@ -121,12 +125,15 @@ def slug(text: str) -> str:
 
 
 def _dedupe(items: Iterable[str]) -> list[str]:
+    """First spelling wins; spellings differing only in case, spaces or punctuation are one
+    ('flag: France' / 'flag France', 'red apple' / fxemoji's icon name 'redapple')."""
     seen: set[str] = set()
     out = []
     for item in items:
         item = " ".join(item.split())
-        if item and item.lower() not in seen:
-            seen.add(item.lower())
+        key = re.sub(r"[^\w#*]", "", item.lower()) or item
+        if item and key not in seen:
+            seen.add(key)
             out.append(item)
     return out
 
@@ -163,15 +170,169 @@ def openmoji_annotations(npm_root: Path) -> dict[str, dict]:
     return out
 
 
-def build_captions(info: dict, annotations: dict | None) -> list[str]:
-    """Name first, then aliases, 'flag of X' for flags, OpenMoji annotation, then tags."""
-    caps = [info["name"], *info["aliases"]]
+def cldr_annotations(npm_root: Path) -> dict[str, dict]:
+    """concept id -> {name, keywords} from CLDR's English annotations (npm `cldr-annotations-full`
+    for single code points, `cldr-annotations-derived-full` for sequences: ZWJ, flags, keycaps)."""
+    out: dict[str, dict] = {}
+    for package, top in (("cldr-annotations-full", "annotations"),
+                         ("cldr-annotations-derived-full", "annotationsDerived")):
+        path = npm_root / package / top / "en" / "annotations.json"
+        table = json.loads(path.read_text(encoding="utf-8"))[top]["annotations"]
+        for text, entry in table.items():
+            # tts is "flag: France" / "keycap: #": the CLDR name, as the emoji package spells it
+            tts = (entry.get("tts") or [""])[0]
+            out.setdefault(concept_id(ord(c) for c in text),
+                           {"name": tts, "keywords": list(entry.get("default") or [])})
+    return out
+
+
+def emojilib_keywords(npm_root: Path) -> dict[str, list[str]]:
+    """concept id -> keywords from npm `emojilib` (its first entry is a snake_case name)."""
+    path = npm_root / "emojilib" / "dist" / "emoji-en-US.json"
+    table = json.loads(path.read_text(encoding="utf-8"))
+    return {concept_id(ord(c) for c in text): [k.replace("_", " ") for k in words]
+            for text, words in table.items()}
+
+
+# A keyword on more than this share of the concepts names a category ("flag", "face", "animal",
+# "food", "person", "sign", "sports", "vehicle" ...), not a thing: trained alone it pulls the
+# model to the mean of that many different images, and it crowds specific words out of the few
+# captions a trainer samples. Measured on the 1,911 concepts (CLDR + OpenMoji + emojilib), 29
+# keywords are on > 2.5 % (48 concepts) and they are all of that kind; "heart" (48) is the first kept.
+MAX_KEYWORD_SHARE = 0.025
+
+
+def is_junk_caption(text: str) -> bool:
+    """Captions that say nothing about the picture: fewer than two letters (single characters,
+    numbers, ':D', '13:00'), shortcode disambiguators ('cat2')."""
+    t = text.strip().lower()
+    return len(re.findall(r"[a-z]", t)) < 2 or bool(re.fullmatch(r"[a-z]+\d+", t))
+
+
+def keyword_table(concepts: Iterable[str], *sources: dict[str, list[str]]) -> dict[str, list[str]]:
+    """concept id -> keywords merged from `sources` (each concept id -> keywords), junk and
+    category words (see MAX_KEYWORD_SHARE, counted over `concepts`) dropped.
+
+    Order, because trainers read only the first few captions: words more sources agree on first
+    (independent curators agreeing is the best evidence a word fits), then the rarer word (more
+    specific), then alphabetical, so the order is stable."""
+    concepts = list(concepts)
+    words: dict[str, dict[str, int]] = {}  # cid -> word -> sources naming it
+    for cid in concepts:
+        agree: dict[str, int] = {}
+        for src in sources:
+            for w in {" ".join(k.lower().split()) for k in src.get(cid, [])}:
+                if not is_junk_caption(w):
+                    agree[w] = agree.get(w, 0) + 1
+        words[cid] = agree
+    freq: dict[str, int] = {}
+    for agree in words.values():
+        for w in agree:
+            freq[w] = freq.get(w, 0) + 1
+    limit = MAX_KEYWORD_SHARE * len(concepts)
+    return {cid: sorted((w for w in agree if freq[w] <= limit),
+                        key=lambda w, a=agree: (-a[w], freq[w], w))  # type: ignore[misc]
+            for cid, agree in words.items()}
+
+
+# Named hue ranges (degrees, HSV); brown is a dark orange/red. Used for colour phrases only.
+_HUES: tuple[tuple[str, float, float], ...] = (
+    ("red", -15, 15), ("orange", 15, 40), ("yellow", 40, 70), ("green", 70, 165),
+    ("blue", 165, 255), ("purple", 255, 290), ("pink", 290, 345))
+COLOUR_WORDS = frozenset({*(h[0] for h in _HUES), "brown", "white", "black", "grey", "gray",
+                          "gold", "golden", "silver", "violet", "crimson", "beige"})
+
+
+def image_colour(rgba: np.ndarray) -> str | None:
+    """The colour name of one RGBA image when one colour clearly dominates: >= 30 % of the opaque
+    pixels are saturated and >= 60 % of those share one named hue. None for grey, black, white,
+    or mixed art (faces with hair and skin, flags, rainbows)."""
+    px = rgba.reshape(-1, 4).astype(np.float32) / 255
+    px = px[px[:, 3] > 0.5, :3]
+    if len(px) == 0:
+        return None
+    mx, mn = px.max(1), px.min(1)
+    sat = (mx - mn) / np.maximum(mx, 1e-6)
+    chroma = (sat >= 0.35) & (mx >= 0.25)
+    if chroma.mean() < 0.3:
+        return None
+    r, g, b = px[chroma].T
+    mx, mn = mx[chroma], mn[chroma]
+    d = np.maximum(mx - mn, 1e-6)
+    hue = np.where(mx == r, ((g - b) / d) % 6, np.where(mx == g, (b - r) / d + 2, (r - g) / d + 4)) * 60
+    hue = np.where(hue >= 345, hue - 360, hue)
+    names = np.full(len(hue), "", dtype=object)
+    for name, lo, hi in _HUES:
+        names[(hue >= lo) & (hue < hi)] = name
+    # brown: a dark red/orange, or a pale orange (tan: bread, camel, a dog's fur)
+    names[((hue >= -15) & (hue < 45) & (mx < 0.6)) | ((hue >= 15) & (hue < 45) & (sat[chroma] < 0.6))] = "brown"
+    values, counts = np.unique(names, return_counts=True)
+    best = int(counts.argmax())
+    return str(values[best]) if counts[best] >= 0.6 * len(hue) and values[best] else None
+
+
+def concept_colour(images: np.ndarray) -> str | None:
+    """A colour the concept's art agrees on: the dominant colour of at least two of its images
+    (different artists' styles) and of at least two thirds of them; else None."""
+    names = [image_colour(im) for im in images]
+    for name in set(names) - {None}:
+        n = names.count(name)
+        if n >= 2 and 3 * n >= 2 * len(names):
+            return name
+    return None
+
+
+def colour_phrase(name: str, colour: str | None, captions: Iterable[str]) -> str | None:
+    """'<colour> <name>' ("yellow banana") unless a caption already says a colour: a phrase
+    naming it ("red apple") makes it redundant, another colour word means the sources disagree."""
+    if colour is None:
+        return None
+    words = {w for c in captions for w in re.findall(r"[a-z]+", c.lower())}
+    if words & (COLOUR_WORDS - {colour}) or any(
+            colour in c.lower().split() and len(c.split()) > 1 for c in captions):
+        return None
+    return f"{colour} {name}"
+
+
+def build_captions(info: dict, annotations: dict | None = None, *, cldr_name: str = "",
+                   colour: str | None = None, icon_names: Iterable[str] = (),
+                   keywords: Iterable[str] | None = None,
+                   names: dict[str, str] | None = None) -> list[str]:
+    """Name first (trainers rely on caption 0), then the phrases, then single keywords:
+    aliases, 'flag of X' for flags, the CLDR name, OpenMoji's annotation, a colour phrase of the
+    art, the matched Iconify icons' names; then `keywords` (from `keyword_table`; without it the
+    OpenMoji tags as they come). Junk (see `is_junk_caption`) is dropped after caption 0.
+
+    names (lowercase name/alias -> concept id, see `name_table`): an icon name or keyword that is
+    another concept's name is dropped: "banana" on the monkey face, "cheese wedge" on the mouse,
+    "cat" on the tiger would teach the model that prompt means a different picture."""
+    names = names or {}
+
+    def own(text: str) -> bool:
+        return names.get(text.lower(), info.get("id")) == info.get("id")
+
+    caps = [*info["aliases"]]
     if info["flag"] and not info["name"].lower().startswith("flag"):
         caps.append(f"flag of {info['name']}")
+    caps.append(cldr_name)
     if annotations:
         caps.append(annotations["annotation"])
-        caps.extend(annotations["tags"])
-    return _dedupe(caps)
+    caps.append(colour_phrase(info["name"], colour, [info["name"], *caps]) or "")
+    if not info["flag"]:  # flags' icon names only respell the country ('flag-for-flag-china')
+        caps.extend(n.replace("-", " ") for n in icon_names
+                    if not re.search(r"-\d+$", n) and own(n.replace("-", " ")))
+    caps.extend(k for k in (keywords if keywords is not None else (annotations or {}).get("tags", []))
+                if own(k))
+    return _dedupe([info["name"], *(c for c in caps if c and not is_junk_caption(c))])
+
+
+def name_table(universe: dict[str, dict]) -> dict[str, str]:
+    """lowercase name or alias -> concept id (the first concept by id wins a shared alias)."""
+    out: dict[str, str] = {}
+    for cid, info in universe.items():
+        for text in [info["name"], *info["aliases"]]:
+            out.setdefault(text.lower(), cid)
+    return out
 
 
 def heldout_style(concept: str, styles: Iterable[str],
@@ -261,10 +422,18 @@ class IconSet:
         self.chars = {hex_to_concept_id(k): v for k, v in chars.items()}
         self.icons: dict = self.data["icons"]
         self.aliases: dict = self.data.get("aliases", {})
+        self._children: dict[str, list[str]] = {}
+        for alias, entry in self.aliases.items():
+            self._children.setdefault(entry.get("parent", ""), []).append(alias)
 
     def names(self) -> Iterator[str]:
         yield from self.icons
         yield from self.aliases
+
+    def names_of(self, name: str) -> list[str]:
+        """`name`, its alias parent, and the aliases pointing to either (caption candidates)."""
+        parent = self.aliases.get(name, {}).get("parent", name)
+        return [name, parent, *self._children.get(parent, [])]
 
     def task(self, name: str) -> IconTask | None:
         """Resolve aliases (with their transforms) and build the SVG for `name`."""
@@ -449,7 +618,9 @@ def build_dataset(out_dir: Path, size: int = 64, workers: int = 2,
     """Build (or reuse) ``out_dir/emoji{size}.npz`` + ``.json``; returns the .npz path.
 
     sources: keys of SOURCES (default all). limit: only the first K concepts by id (for tests).
-    openmoji_captions: add OpenMoji annotation/tags to captions; default: when npm is used anyway.
+    openmoji_captions: add the npm caption sources (OpenMoji annotation/tags, CLDR names and
+    keywords, emojilib keywords) to captions; default: when npm is used anyway. Iconify icon names
+    and colour phrases come from the selected sources themselves.
     """
     from tqdm import tqdm
 
@@ -477,9 +648,19 @@ def build_dataset(out_dir: Path, size: int = 64, workers: int = 2,
     npm_root = ensure_npm_packages(Path(cache_dir)) if (uses_npm or openmoji_captions) else None
 
     universe = emoji_universe()
+    annotations: dict[str, dict] = {}
+    cldr: dict[str, dict] = {}
+    keywords: dict[str, list[str]] | None = None  # None: a Noto-only build, no keyword sources
+    if openmoji_captions and npm_root:
+        annotations = openmoji_annotations(npm_root)
+        cldr = cldr_annotations(npm_root)
+        # over the whole universe (not `limit`), so a concept's keywords do not depend on limit
+        keywords = keyword_table(universe, {c: a["tags"] for c, a in annotations.items()},
+                                 {c: a["keywords"] for c, a in cldr.items()},
+                                 emojilib_keywords(npm_root))
+    names = name_table(universe)  # the whole universe: a limit build keeps the same captions
     if limit is not None:
         universe = dict(list(universe.items())[:limit])
-    annotations = openmoji_annotations(npm_root) if openmoji_captions and npm_root else {}
 
     # Name index from the chars-mapped sets (all of them, selected or not, for better matching).
     iconsets: dict[str, IconSet] = {}
@@ -503,6 +684,7 @@ def build_dataset(out_dir: Path, size: int = 64, workers: int = 2,
     concept_of: list[str] = []
     style_of: list[int] = []
     per_source: dict[str, dict] = {}
+    icon_names: dict[str, list[str]] = {}  # concept -> names of its matched icons (captions)
     ctx = multiprocessing.get_context("spawn")  # no fork of a parent that may hold torch threads
     with ctx.Pool(max(1, workers)) as pool:
         for style_idx, src in enumerate(selected):
@@ -516,6 +698,8 @@ def build_dataset(out_dir: Path, size: int = 64, workers: int = 2,
                 else:
                     mapping = match_by_name(iconset, name_index, universe)
                 jobs = []
+                for cid, icon_name in mapping.items():
+                    icon_names.setdefault(cid, []).extend(iconset.names_of(icon_name))
                 for cid in sorted(mapping):
                     task = iconset.task(mapping[cid])
                     if task is not None:
@@ -552,12 +736,29 @@ def build_dataset(out_dir: Path, size: int = 64, workers: int = 2,
         "split": split,
     }
     concepts = []
+    images_of: dict[str, list[int]] = {}
+    for i, cid in enumerate(concept_of):
+        images_of.setdefault(cid, []).append(i)
     for cid in concept_ids:
         info = universe[cid]
+        # Colour phrases need art that agrees: a twin (noto / noto svg) would count twice.
+        seen_family: set[str] = set()
+        picks = []
+        for i in images_of[cid]:
+            src = selected[style_of[i]]
+            if src.style == held.get(cid):
+                continue  # the held-out image stays unseen, captions included
+            if (src.family or src.key) not in seen_family:
+                seen_family.add(src.family or src.key)
+                picks.append(images[i])
+        kw = keywords.get(cid, []) if keywords is not None else None
         concepts.append({"id": cid, "emoji": info["emoji"], "name": info["name"],
-                         "captions": build_captions(info, annotations.get(cid)),
-                         # single-word OpenMoji tags (also in captions): weak alone, good to mix in
-                         "tags": (annotations.get(cid) or {}).get("tags", []),
+                         "captions": build_captions(
+                             info, annotations.get(cid), cldr_name=cldr.get(cid, {}).get("name", ""),
+                             colour=None if info["flag"] or not picks else concept_colour(np.stack(picks)),
+                             icon_names=icon_names.get(cid, ()), keywords=kw, names=names),
+                         # the single-word keywords (also in captions): weak alone, good to mix in
+                         "tags": kw if kw is not None else [],
                          "styles": sorted(set(styles_of_concept[cid])),
                          "heldout_style": held.get(cid)})
     styles = []
