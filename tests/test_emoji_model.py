@@ -198,6 +198,8 @@ def test_evaluate_writes_report_and_sheet(trained, tmp_path):
                  paraphrases=[("a round disc", ["shape_0"]), ("a square", ["shape_1", "shape_3"])])
     assert 0 <= r["heldout"]["top1"] <= r["heldout"]["top5"] <= 1
     assert r["paraphrases"]["prompts"] == 2 and r["paraphrases"]["diversity_mean"] >= 0
+    # the held-out set names real emoji ids, none in this synthetic set: all rejected, with reasons
+    assert r["paraphrases_heldout"]["prompts"] == 0 and r["paraphrases_heldout"]["rejected"]
     assert json.loads((tmp_path / "eval.json").read_text())["steps"] == r["steps"]
     sheet = Image.open(tmp_path / "contact_sheet.png")
     assert sheet.width > 128 and "top-1" in (tmp_path / "eval.md").read_text()

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from canvasd.backends.emoji.backend import EmojiBackend
 from canvasd.backends.emoji.model import TextCond, clean_prediction, rgba_uint8_to_model, to_latent
 from canvasd.contracts import Job
+from canvasd.training.paraphrases import check as check_paraphrases
 from canvasd.training.sheet import contact_sheet
 from canvasd.training.trainset import load_arrays, style_phrase
 
@@ -116,6 +117,26 @@ def mean_pairwise(f: np.ndarray) -> float:
     d = torch.cdist(torch.from_numpy(f), torch.from_numpy(f)).numpy()
     n = len(f)
     return float(d[np.triu_indices(n, 1)].mean()) if n > 1 else 0.0
+
+
+def score_paraphrases(pairs: list[tuple[str, list[int]]], imgs: list[list[np.ndarray]], bank: np.ndarray,
+                      bank_concept: np.ndarray, meta: dict) -> dict:
+    """Top-1/top-5 (nearest training concepts among the accepted ids) and diversity per prompt's seeds."""
+    rows = []
+    for (prompt, ids), ims in zip(pairs, imgs):
+        f = features(np.stack(ims))
+        r = concept_ranks(f, bank, bank_concept)
+        rows.append({"prompt": prompt, "target": [meta["concepts"][i]["name"] for i in ids],
+                     "top1": float(np.isin(r[:, 0], ids).mean()),
+                     "top5": float(np.mean([np.isin(row, ids).any() for row in r])),
+                     "diversity": mean_pairwise(f),
+                     "train_same_concept_diversity": mean_pairwise(bank[np.isin(bank_concept, ids)]),
+                     "nearest": [meta["concepts"][int(c)]["name"] for c in r[:, 0]]})
+
+    def mean(key: str) -> float:
+        return float(np.mean([row[key] for row in rows])) if rows else float("nan")
+    return {"prompts": len(rows), "top1": mean("top1"), "top5": mean("top5"), "diversity_mean": mean("diversity"),
+            "train_same_concept_diversity_mean": mean("train_same_concept_diversity"), "per_prompt": rows}
 
 
 # ---- generation --------------------------------------------------------------------------------
@@ -256,34 +277,23 @@ def evaluate(
         "chance_style": 1 / len(meta["styles"]),
     }
 
-    # paraphrases x seeds: accuracy and diversity
+    # paraphrases x seeds: accuracy and diversity. "paraphrases": the original list (comparable
+    # with earlier reports); "paraphrases_heldout": training.paraphrases, re-checked against this
+    # dataset's captions so only prompts in words no caption of the target has are scored.
     para, missing = [], []
     for prompt, names in PARAPHRASES if paraphrases is None else paraphrases:
         ids = [name_to_id[n.lower()] for n in names if n.lower() in name_to_id]
         missing += [n for n in names if n.lower() not in name_to_id]
         if ids:
             para.append((prompt, ids))
-    p_imgs = generate_many(backend, [job(p, 0, n=seeds) for p, _ in para])
-    rows, top1, top5, div, ref_div = [], [], [], [], []
-    for (prompt, ids), imgs in zip(para, p_imgs):
-        f = features(np.stack(imgs))
-        r = concept_ranks(f, bank, bank_concept)
-        hit1 = float(np.isin(r[:, 0], ids).mean())
-        hit5 = float(np.mean([np.isin(row, ids).any() for row in r]))
-        same = bank[np.isin(bank_concept, ids)]
-        rows.append({"prompt": prompt, "target": [meta["concepts"][i]["name"] for i in ids], "top1": hit1, "top5": hit5,
-                     "diversity": mean_pairwise(f), "train_same_concept_diversity": mean_pairwise(same),
-                     "nearest": [meta["concepts"][int(c)]["name"] for c in r[:, 0]]})
-        top1.append(hit1)
-        top5.append(hit5)
-        div.append(rows[-1]["diversity"])
-        ref_div.append(rows[-1]["train_same_concept_diversity"])
     rand = rng.choice(len(bank), size=min(256, len(bank)), replace=False)
-    report["paraphrases"] = {
-        "prompts": len(para), "seeds": seeds, "top1": float(np.mean(top1)), "top5": float(np.mean(top5)),
-        "diversity_mean": float(np.mean(div)), "train_same_concept_diversity_mean": float(np.mean(ref_div)),
-        "train_random_pair_distance": mean_pairwise(bank[rand]), "missing_names": missing, "per_prompt": rows,
-    }
+    p_imgs = generate_many(backend, [job(p, 0, n=seeds) for p, _ in para])
+    report["paraphrases"] = score_paraphrases(para, p_imgs, bank, bank_concept, meta) | {
+        "seeds": seeds, "train_random_pair_distance": mean_pairwise(bank[rand]), "missing_names": missing}
+    held_para, rejected = check_paraphrases(meta)
+    hp_imgs = generate_many(backend, [job(p, 0, n=seeds) for p, _ in held_para])
+    report["paraphrases_heldout"] = score_paraphrases(held_para, hp_imgs, bank, bank_concept, meta) | {
+        "seeds": seeds, "rejected": rejected}
 
     # contact sheet: every paraphrase (seed 0) + held-out pairs
     imgs = [imgs[0] for imgs in p_imgs] + h_imgs[:28]
@@ -312,6 +322,12 @@ def to_markdown(r: dict) -> str:
         f"| held-out (concept, style) pairs, generated | {h['prompts']} | {h['top1']:.3f} | {h['top5']:.3f} |",
         f"| same pairs, the real held-out images (feature-space ceiling) | {h['prompts']} | {h['real_images_top1']:.3f} | {h['real_images_top5']:.3f} |",
         f"| paraphrased prompts x {p['seeds']} seeds | {p['prompts']} | {p['top1']:.3f} | {p['top5']:.3f} |",
+    ]
+    if "paraphrases_heldout" in r:  # reports before it have only the first list
+        q = r["paraphrases_heldout"]
+        lines.append(f"| held-out paraphrases (words in no caption of the target) x {q['seeds']} seeds | "
+                     f"{q['prompts']} | {q['top1']:.3f} | {q['top5']:.3f} |")
+    lines += [
         "",
         f"Held-out pairs whose nearest training image has the asked style: {h['nearest_has_asked_style']:.3f} "
         f"(chance {h['chance_style']:.3f}).",
