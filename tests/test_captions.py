@@ -1,4 +1,4 @@
-"""Caption widening in the dataset builder: the npm caption sources parsed from small fixture files
+"""Caption widening in the dataset builder: the npm caption source parsed from a small fixture file
 (offline, no npm), keyword filtering and order, colour phrases from synthetic art."""
 
 from __future__ import annotations
@@ -16,23 +16,12 @@ def _write(path: Path, doc: object) -> None:
     path.write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
 
 
-def test_cldr_and_emojilib_parsing(tmp_path: Path):
-    _write(tmp_path / "cldr-annotations-full/annotations/en/annotations.json",
-           {"annotations": {"identity": {"language": "en"}, "annotations": {
-               "\U0001f34e": {"default": ["apple", "fruit", "red"], "tts": ["red apple"]},
-               "{": {"default": ["brace"], "tts": ["open curly bracket"]}}}})
-    _write(tmp_path / "cldr-annotations-derived-full/annotationsDerived/en/annotations.json",
-           {"annotationsDerived": {"identity": {"language": "en"}, "annotations": {
-               "#\ufe0f\u20e3": {"default": ["keycap"], "tts": ["keycap: #"]},
-               "\U0001f1eb\U0001f1f7": {"default": ["flag"], "tts": ["flag: France"]}}}})
+def test_emojilib_parsing(tmp_path: Path):
     _write(tmp_path / "emojilib/dist/emoji-en-US.json",
            {"\U0001f408": ["cat", "feline", "house_cat"], "#\ufe0f\u20e3": ["hash", "number"]})
-    cldr = D.cldr_annotations(tmp_path)
-    assert cldr["1f34e"] == {"name": "red apple", "keywords": ["apple", "fruit", "red"]}
-    assert cldr["0023-20e3"]["name"] == "keycap: #"  # FE0F dropped from the key, like the ids
-    assert cldr["1f1eb-1f1f7"]["keywords"] == ["flag"]
     lib = D.emojilib_keywords(tmp_path)
-    assert lib["1f408"] == ["cat", "feline", "house cat"] and lib["0023-20e3"] == ["hash", "number"]
+    assert lib["1f408"] == ["cat", "feline", "house cat"]
+    assert lib["0023-20e3"] == ["hash", "number"]  # FE0F dropped from the key, like the ids
 
 
 def test_junk_captions():
@@ -99,14 +88,14 @@ def test_build_captions_order_and_filters():
     info = {"id": "1f435", "name": "monkey face", "aliases": ["monkey face", "a"], "flag": False}
     names = {"monkey face": "1f435", "banana": "1f34c", "monkey": "1f412"}
     caps = D.build_captions(info, {"annotation": "monkey face", "tags": ["ignored"]},
-                            cldr_name="monkey face", colour="brown",
+                            colour="brown",
                             icon_names=["monkey-face", "monkey-face-2", "monkey", "ape-head"],
                             keywords=["primate", "banana", "143", "Primate"], names=names)
     # name first; junk alias 'a', numbered icon names, other concepts' names and junk dropped
     assert caps == ["monkey face", "brown monkey face", "ape head", "primate"]
     flag = {"id": "1f1eb-1f1f7", "name": "France", "aliases": ["flag for France"], "flag": True}
-    caps = D.build_captions(flag, None, cldr_name="flag: France", icon_names=["flag-france"],
-                            keywords=[])
+    caps = D.build_captions(flag, {"annotation": "flag: France", "tags": []},
+                            icon_names=["flag-france"], keywords=[])
     assert caps == ["France", "flag for France", "flag of France", "flag: France"]
     # No keyword sources (a Noto-only build): OpenMoji tags as they come
     caps = D.build_captions({"id": "x", "name": "x ray", "aliases": [], "flag": False},

@@ -33,10 +33,7 @@ HELDOUT_SALT = "canvasd-heldout-v1"
 # Exact versions (from `npm view <pkg> version`, 2026-11); bump deliberately, the dataset changes.
 NPM_PINS: dict[str, str] = {
     "openmoji": "17.0.0",  # annotations + tags for captions (data/openmoji.json)
-    # Captions only: CLDR names and keywords (single code points / sequences), emojilib keywords.
-    "cldr-annotations-full": "48.2.0",
-    "cldr-annotations-derived-full": "48.2.0",
-    "emojilib": "4.0.3",
+    "emojilib": "4.0.3",  # keywords for captions (dist/emoji-en-US.json)
     "@iconify-json/twemoji": "1.2.5",
     "@iconify-json/fluent-emoji-flat": "1.2.6",
     "@iconify-json/fluent-emoji": "1.2.7",
@@ -170,22 +167,6 @@ def openmoji_annotations(npm_root: Path) -> dict[str, dict]:
     return out
 
 
-def cldr_annotations(npm_root: Path) -> dict[str, dict]:
-    """concept id -> {name, keywords} from CLDR's English annotations (npm `cldr-annotations-full`
-    for single code points, `cldr-annotations-derived-full` for sequences: ZWJ, flags, keycaps)."""
-    out: dict[str, dict] = {}
-    for package, top in (("cldr-annotations-full", "annotations"),
-                         ("cldr-annotations-derived-full", "annotationsDerived")):
-        path = npm_root / package / top / "en" / "annotations.json"
-        table = json.loads(path.read_text(encoding="utf-8"))[top]["annotations"]
-        for text, entry in table.items():
-            # tts is "flag: France" / "keycap: #": the CLDR name, as the emoji package spells it
-            tts = (entry.get("tts") or [""])[0]
-            out.setdefault(concept_id(ord(c) for c in text),
-                           {"name": tts, "keywords": list(entry.get("default") or [])})
-    return out
-
-
 def emojilib_keywords(npm_root: Path) -> dict[str, list[str]]:
     """concept id -> keywords from npm `emojilib` (its first entry is a snake_case name)."""
     path = npm_root / "emojilib" / "dist" / "emoji-en-US.json"
@@ -197,8 +178,9 @@ def emojilib_keywords(npm_root: Path) -> dict[str, list[str]]:
 # A keyword on more than this share of the concepts names a category ("flag", "face", "animal",
 # "food", "person", "sign", "sports", "vehicle" ...), not a thing: trained alone it pulls the
 # model to the mean of that many different images, and it crowds specific words out of the few
-# captions a trainer samples. Measured on the 1,911 concepts (CLDR + OpenMoji + emojilib), 29
-# keywords are on > 2.5 % (48 concepts) and they are all of that kind; "heart" (48) is the first kept.
+# captions a trainer samples. Measured on the 1,911 concepts (OpenMoji + emojilib), the 34 keywords
+# on > 2.5 % (48+ concepts) are all of that kind or a colour alone ("red", 54; colour phrases say
+# it better); the first kept are "white" (46), "black", "transportation", "japanese", "arrow".
 MAX_KEYWORD_SHARE = 0.025
 
 
@@ -294,12 +276,12 @@ def colour_phrase(name: str, colour: str | None, captions: Iterable[str]) -> str
     return f"{colour} {name}"
 
 
-def build_captions(info: dict, annotations: dict | None = None, *, cldr_name: str = "",
+def build_captions(info: dict, annotations: dict | None = None, *,
                    colour: str | None = None, icon_names: Iterable[str] = (),
                    keywords: Iterable[str] | None = None,
                    names: dict[str, str] | None = None) -> list[str]:
     """Name first (trainers rely on caption 0), then the phrases, then single keywords:
-    aliases, 'flag of X' for flags, the CLDR name, OpenMoji's annotation, a colour phrase of the
+    aliases, 'flag of X' for flags, OpenMoji's annotation (the CLDR name), a colour phrase of the
     art, the matched Iconify icons' names; then `keywords` (from `keyword_table`; without it the
     OpenMoji tags as they come). Junk (see `is_junk_caption`) is dropped after caption 0.
 
@@ -314,7 +296,6 @@ def build_captions(info: dict, annotations: dict | None = None, *, cldr_name: st
     caps = [*info["aliases"]]
     if info["flag"] and not info["name"].lower().startswith("flag"):
         caps.append(f"flag of {info['name']}")
-    caps.append(cldr_name)
     if annotations:
         caps.append(annotations["annotation"])
     caps.append(colour_phrase(info["name"], colour, [info["name"], *caps]) or "")
@@ -618,8 +599,8 @@ def build_dataset(out_dir: Path, size: int = 64, workers: int = 2,
     """Build (or reuse) ``out_dir/emoji{size}.npz`` + ``.json``; returns the .npz path.
 
     sources: keys of SOURCES (default all). limit: only the first K concepts by id (for tests).
-    openmoji_captions: add the npm caption sources (OpenMoji annotation/tags, CLDR names and
-    keywords, emojilib keywords) to captions; default: when npm is used anyway. Iconify icon names
+    openmoji_captions: add the npm caption sources (OpenMoji annotation/tags, emojilib keywords)
+    to captions; default: when npm is used anyway. Iconify icon names
     and colour phrases come from the selected sources themselves.
     """
     from tqdm import tqdm
@@ -649,14 +630,11 @@ def build_dataset(out_dir: Path, size: int = 64, workers: int = 2,
 
     universe = emoji_universe()
     annotations: dict[str, dict] = {}
-    cldr: dict[str, dict] = {}
     keywords: dict[str, list[str]] | None = None  # None: a Noto-only build, no keyword sources
     if openmoji_captions and npm_root:
         annotations = openmoji_annotations(npm_root)
-        cldr = cldr_annotations(npm_root)
         # over the whole universe (not `limit`), so a concept's keywords do not depend on limit
         keywords = keyword_table(universe, {c: a["tags"] for c, a in annotations.items()},
-                                 {c: a["keywords"] for c, a in cldr.items()},
                                  emojilib_keywords(npm_root))
     names = name_table(universe)  # the whole universe: a limit build keeps the same captions
     if limit is not None:
@@ -754,7 +732,7 @@ def build_dataset(out_dir: Path, size: int = 64, workers: int = 2,
         kw = keywords.get(cid, []) if keywords is not None else None
         concepts.append({"id": cid, "emoji": info["emoji"], "name": info["name"],
                          "captions": build_captions(
-                             info, annotations.get(cid), cldr_name=cldr.get(cid, {}).get("name", ""),
+                             info, annotations.get(cid),
                              colour=None if info["flag"] or not picks else concept_colour(np.stack(picks)),
                              icon_names=icon_names.get(cid, ()), keywords=kw, names=names),
                          # the single-word keywords (also in captions): weak alone, good to mix in
