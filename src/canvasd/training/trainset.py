@@ -59,8 +59,10 @@ def concept_captions(meta: dict) -> list[list[str]]:
     return out
 
 
+# max_plain: captions of a concept a trainer draws from (the dataset orders them most useful
+# first: name, aliases, phrases, then keywords); 16 covers the widened lists of all but a few.
 def build_captions(
-    concept: np.ndarray, style: np.ndarray, meta: dict, max_plain: int = 8, styled_per_image: int = 2,
+    concept: np.ndarray, style: np.ndarray, meta: dict, max_plain: int = 16, styled_per_image: int = 2,
     seed: int = 0,
 ) -> CaptionTable:
     rng = np.random.default_rng(seed)
