@@ -189,6 +189,8 @@ def test_detail_evaluation_reports_both_stages_and_writes_the_sheet(two_stage):
         assert r[block]["real art"]["highband_share"] > 0  # the synthetic art's 2 px line
     assert r["from_real_64px"]["two stages"]["psnr_db"] > 0
     assert set(r["concepts"]) >= {"one stage", "two stages"}
+    # the tiny dataset names no paraphrase concept: no figure rather than NaN
+    assert r["concepts"]["paraphrases"] == 0 and r["concepts"]["two stages"]["paraphrase_top5"] is None
     assert Image.open(root / "eval" / "detail_sheet.png").width > 6 * 512
     assert "| two stages |" in (root / "eval" / "detail.md").read_text()
     assert json.loads((root / "eval" / "detail.json").read_text())["size"] == 256

@@ -196,11 +196,12 @@ def evaluate_detail(weights_dir: str | Path, data_dir: str | Path, out_dir: str 
             ok = target >= 0
             p_hits = [(np.isin(concept_ranks(features(np.stack(imgs)), bank, bank_concept), t)) for (_, t), imgs
                       in zip(para, p_imgs)]
+            # None, not NaN, where a small dataset names none of the paraphrases' concepts
             concepts[name] = {
                 "heldout_top1": float((r[ok, 0] == target[ok]).mean()),
                 "heldout_top5": float((r[ok] == target[ok, None]).any(1).mean()),
-                "paraphrase_top1": float(np.mean([h[:, 0].mean() for h in p_hits])),
-                "paraphrase_top5": float(np.mean([h.any(1).mean() for h in p_hits])),
+                "paraphrase_top1": float(np.mean([h[:, 0].mean() for h in p_hits])) if p_hits else None,
+                "paraphrase_top5": float(np.mean([h.any(1).mean() for h in p_hits])) if p_hits else None,
             }
         report["concepts"] = {"heldout_prompts": int((target >= 0).sum()), "paraphrases": len(para), "seeds": seeds,
                               **concepts}
@@ -230,6 +231,10 @@ def evaluate_detail(weights_dir: str | Path, data_dir: str | Path, out_dir: str 
     return report
 
 
+def _figure(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
 def detail_markdown(r: dict) -> str:
     lines = [f"Second stage to {r['size']} px, quality `{r['quality']}` ({r['steps']} steps), level {r['level']}; "
              f"detail = energy above a {r['band_px']} px image inside the drawing.", ""]
@@ -252,8 +257,8 @@ def detail_markdown(r: dict) -> str:
                   "| | held-out top-1 | top-5 | paraphrase top-1 | top-5 |", "|---|---:|---:|---:|---:|"]
         for name in ("one stage", "two stages"):
             v = c[name]
-            lines.append(f"| {name} | {v['heldout_top1']:.3f} | {v['heldout_top5']:.3f} | {v['paraphrase_top1']:.3f} "
-                         f"| {v['paraphrase_top5']:.3f} |")
+            lines.append(f"| {name} | {v['heldout_top1']:.3f} | {v['heldout_top5']:.3f} | "
+                         f"{_figure(v['paraphrase_top1'])} | {_figure(v['paraphrase_top5'])} |")
         lines.append("")
     if "speed" in r:
         s = r["speed"]

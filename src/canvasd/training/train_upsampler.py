@@ -41,7 +41,7 @@ from canvasd.training.trainset import EmojiData, load_training_data
 
 UPSAMPLER_FORMAT = "canvasd-emoji-upsampler/1"
 FONT_BITMAP_PX = 136  # the Noto Color Emoji font's only bitmap size (one glyph's width)
-DEFAULT_LEVEL = 0.0  # degradation level the served network is told: the sharpest (model card)
+DEFAULT_LEVEL = 0.1  # degradation level the served network is told: the most detail from generated inputs (model card)
 
 
 @dataclass

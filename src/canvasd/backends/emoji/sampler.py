@@ -249,7 +249,7 @@ class EmojiPipeline:
         """One step for each sample: a denoising step, or (once denoised) the second stage. Samples
         of either kind are batched with their own kind, whichever request they belong to."""
         denoising = [s for s in samples if not s.denoised]
-        refining = [s for s in samples if s.denoised]
+        refining = [s for s in samples if s.denoised and s.refine and s.high is None]
         if denoising:
             self._denoise(denoising)
         if refining:
