@@ -34,7 +34,7 @@ from canvasd.backends.emoji.backend import EmojiBackend
 from canvasd.backends.emoji.model import model_to_rgba_uint8, rgba_uint8_to_model
 from canvasd.contracts import Job
 from canvasd.media.resize import fit_image
-from canvasd.training.eval import PARAPHRASES, concept_ranks, features, generate_many, training_bank
+from canvasd.training.eval import PARAPHRASES, concept_ranks, features, generate_many, mean_pairwise, training_bank
 from canvasd.training.sheet import contact_sheet
 from canvasd.training.train_upsampler import reduce_to
 from canvasd.training.trainset import load_arrays, style_phrase
@@ -194,14 +194,16 @@ def evaluate_detail(weights_dir: str | Path, data_dir: str | Path, out_dir: str 
                                                                        [reduce_to(np.stack(x), 64) for x in p_two])):
             r = concept_ranks(features(h_imgs), bank, bank_concept)
             ok = target >= 0
-            p_hits = [(np.isin(concept_ranks(features(np.stack(imgs)), bank, bank_concept), t)) for (_, t), imgs
-                      in zip(para, p_imgs)]
+            p_feats = [features(np.stack(imgs)) for imgs in p_imgs]
+            p_hits = [np.isin(concept_ranks(f, bank, bank_concept), t) for (_, t), f in zip(para, p_feats)]
             # None, not NaN, where a small dataset names none of the paraphrases' concepts
             concepts[name] = {
                 "heldout_top1": float((r[ok, 0] == target[ok]).mean()),
                 "heldout_top5": float((r[ok] == target[ok, None]).any(1).mean()),
                 "paraphrase_top1": float(np.mean([h[:, 0].mean() for h in p_hits])) if p_hits else None,
                 "paraphrase_top5": float(np.mean([h.any(1).mean() for h in p_hits])) if p_hits else None,
+                # how different one prompt's seeds are (as `eval report` measures it)
+                "diversity": float(np.mean([mean_pairwise(f) for f in p_feats])) if p_hits and seeds > 1 else None,
             }
         report["concepts"] = {"heldout_prompts": int((target >= 0).sum()), "paraphrases": len(para), "seeds": seeds,
                               **concepts}
@@ -254,11 +256,13 @@ def detail_markdown(r: dict) -> str:
         c = r["concepts"]
         lines += [f"Concepts ({c['heldout_prompts']} held-out prompts, {c['paraphrases']} paraphrases x {c['seeds']} "
                   "seeds; answers reduced to 64 px):", "",
-                  "| | held-out top-1 | top-5 | paraphrase top-1 | top-5 |", "|---|---:|---:|---:|---:|"]
+                  "| | held-out top-1 | top-5 | paraphrase top-1 | top-5 | diversity |",
+                  "|---|---:|---:|---:|---:|---:|"]
         for name in ("one stage", "two stages"):
             v = c[name]
             lines.append(f"| {name} | {v['heldout_top1']:.3f} | {v['heldout_top5']:.3f} | "
-                         f"{_figure(v['paraphrase_top1'])} | {_figure(v['paraphrase_top5'])} |")
+                         f"{_figure(v['paraphrase_top1'])} | {_figure(v['paraphrase_top5'])} | "
+                         f"{_figure(v.get('diversity'))} |")
         lines.append("")
     if "speed" in r:
         s = r["speed"]
