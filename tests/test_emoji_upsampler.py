@@ -188,6 +188,7 @@ def test_detail_evaluation_reports_both_stages_and_writes_the_sheet(two_stage):
         assert set(r[block]) >= {"real art", "one stage (fitted)", "two stages"}
         assert r[block]["real art"]["highband_share"] > 0  # the synthetic art's 2 px line
     assert r["from_real_64px"]["two stages"]["psnr_db"] > 0
+    assert 0 < r["from_real_64px"]["two stages"]["alpha_iou"] <= 1 and "alpha_iou" not in r["generated"]["two stages"]
     assert set(r["concepts"]) >= {"one stage", "two stages"}
     # the tiny dataset names no paraphrase concept: no figure rather than NaN
     assert r["concepts"]["paraphrases"] == 0 and r["concepts"]["two stages"]["paraphrase_top5"] is None

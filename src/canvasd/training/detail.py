@@ -92,6 +92,14 @@ def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (10 * torch.log10(1 / mse)).numpy()
 
 
+def alpha_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N,) intersection over union of the two sets' silhouettes (alpha > 1/2): whether a stage
+    keeps the drawing's outline where the real art has it."""
+    sa, sb = a[..., 3] > 127, b[..., 3] > 127
+    inter, union = (sa & sb).sum(axis=(1, 2)), (sa | sb).sum(axis=(1, 2))
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+
+
 def fit_today(low: np.ndarray, size: int) -> np.ndarray:
     """The one-stage answer: each 64 px image fitted to `size` (LANCZOS, alpha edge steepened)."""
     return np.stack([np.asarray(fit_image(Image.fromarray(im, "RGBA"), size, size)) for im in low])
@@ -119,7 +127,8 @@ def detail_rows(real: np.ndarray, answers: dict[str, np.ndarray]) -> dict:
         share = highband_share(imgs)
         rows[name] = {"highband_share": share, "highband_vs_real": share / max(real_share, 1e-12),
                       "edge_ratio": float(np.nanmean(edge_energy(imgs)) / np.nanmean(real_edges)),
-                      "psnr_db": float(np.mean(psnr(imgs, real)))}
+                      "psnr_db": float(np.mean(psnr(imgs, real))),
+                      "alpha_iou": float(np.mean(alpha_iou(imgs, real)))}
     return rows
 
 
@@ -175,7 +184,9 @@ def evaluate_detail(weights_dir: str | Path, data_dir: str | Path, out_dir: str 
     gen_low = np.stack([r[0] for r in generate_many(backend, jobs(prompts, 1, 64))])
     gen_two = np.stack([r[0] for r in generate_many(backend, jobs(prompts, 1, 1024))])
     rows = detail_rows(real, {"one stage (fitted)": fit_today(gen_low, side), "two stages": gen_two})
-    report["generated"] = {"images": len(prompts), **{k: {kk: vv for kk, vv in v.items() if kk != "psnr_db"}
+    # a generated drawing is not the real one: no PSNR or silhouette overlap against it
+    report["generated"] = {"images": len(prompts), **{k: {kk: vv for kk, vv in v.items()
+                                                          if kk not in ("psnr_db", "alpha_iou")}
                                                       for k, v in rows.items()}}
 
     # 3. concepts: two-stage answers reduced to 64 px, against the first stage alone
@@ -244,13 +255,14 @@ def detail_markdown(r: dict) -> str:
                        ("generated", "From generated 64 px samples of the same prompts")):
         block = r[key]
         lines += [f"{title} ({block['images']} images):", "",
-                  "| answer | high-band share | vs real art | edge ratio | PSNR (dB) |", "|---|---:|---:|---:|---:|"]
+                  "| answer | high-band share | vs real art | edge ratio | PSNR (dB) | alpha IoU |",
+                  "|---|---:|---:|---:|---:|---:|"]
         for name, v in block.items():
             if isinstance(v, dict):
+                psnr_db, iou = v.get("psnr_db"), v.get("alpha_iou")
                 lines.append(f"| {name} | {v['highband_share']:.4f} | {v.get('highband_vs_real', 1.0):.2f} | "
-                             f"{v['edge_ratio']:.2f} | {v['psnr_db']:.2f} |" if "psnr_db" in v else
-                             f"| {name} | {v['highband_share']:.4f} | {v.get('highband_vs_real', 1.0):.2f} | "
-                             f"{v['edge_ratio']:.2f} | |")
+                             f"{v['edge_ratio']:.2f} | {'' if psnr_db is None else f'{psnr_db:.2f}'} | "
+                             f"{'' if iou is None else f'{iou:.3f}'} |")
         lines.append("")
     if "concepts" in r:
         c = r["concepts"]
