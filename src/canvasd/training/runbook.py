@@ -7,11 +7,35 @@ from __future__ import annotations
 import csv
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
 LOG_HEADER = ["step", "loss", "lr", "train_seconds"]
+
+
+class _Architecture(Protocol):
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+class RunConfig:
+    """Base of both trainers' config dataclasses: where a run lives and its JSON form (stored in
+    the run folder and in every checkpoint), with the nested architecture written as its own dict."""
+
+    name: str
+    runs_dir: str
+    model: _Architecture
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)  # type: ignore[call-overload]  # the subclasses are dataclasses
+        d["model"] = self.model.to_dict()
+        return d
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
 
 
 def budget_seconds(dt: float, typical: float | None) -> tuple[float, float]:

@@ -21,7 +21,7 @@ import json
 import math
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +33,12 @@ from canvasd.backends.emoji.model import (
     ModelConfig, build_unet, rgba_uint8_to_model, shift_timesteps, to_latent,
 )
 from canvasd.backends.precision import cpu_has_fast_bf16
-from canvasd.training.runbook import RunBook
+from canvasd.training.runbook import RunBook, RunConfig
 from canvasd.training.trainset import EmojiData, load_training_data
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(RunConfig):
     name: str = "emoji64"
     data_dir: str = "data"
     data_name: str = "emoji64"
@@ -98,14 +98,6 @@ class TrainConfig:
         base.update({k: v for k, v in kw.items() if v is not None})
         return cls(**base)
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["model"] = self.model.to_dict()
-        return d
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.runs_dir) / self.name
 
 
 def git_commit() -> str:

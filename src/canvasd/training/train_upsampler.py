@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,7 @@ from canvasd.backends.emoji.defaults import PACKAGED_WEIGHTS
 from canvasd.backends.emoji.model import ModelConfig, build_unet, rgba_uint8_to_model, to_latent, from_latent
 from canvasd.backends.emoji.upsampler import Upsampler, UpsamplerConfig
 from canvasd.backends.precision import cpu_has_fast_bf16
-from canvasd.training.runbook import RunBook
+from canvasd.training.runbook import RunBook, RunConfig
 from canvasd.training.train import git_commit, lr_at, make_noise_scheduler, sample_captions, save_checkpoint
 from canvasd.training.trainset import EmojiData, load_training_data
 
@@ -45,7 +45,7 @@ DEFAULT_LEVEL = 0.1  # degradation level the served network is told: the most de
 
 
 @dataclass
-class UpsamplerTrainConfig:
+class UpsamplerTrainConfig(RunConfig):
     name: str = "up256"
     data_dir: str = "data"
     data_name: str = "emoji256"
@@ -90,14 +90,6 @@ class UpsamplerTrainConfig:
         base.update({k: v for k, v in kw.items() if v is not None})
         return cls(**base)
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["model"] = self.model.to_dict()
-        return d
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.runs_dir) / self.name
 
 
 def sources_for_size(size: int) -> list[str] | None:
