@@ -99,7 +99,6 @@ class TrainConfig(RunConfig):
         return cls(**base)
 
 
-
 def git_commit() -> str:
     try:
         root = Path(__file__).resolve().parents[3]

@@ -91,7 +91,6 @@ class UpsamplerTrainConfig(RunConfig):
         return cls(**base)
 
 
-
 def sources_for_size(size: int) -> list[str] | None:
     """Dataset sources for `size` px images (None: all). Above the font's bitmap size its glyphs
     would be enlargements, which would teach the second stage to blur: the SVG sets only (the
