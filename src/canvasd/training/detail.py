@@ -34,7 +34,9 @@ from canvasd.backends.emoji.backend import EmojiBackend
 from canvasd.backends.emoji.model import model_to_rgba_uint8, rgba_uint8_to_model
 from canvasd.contracts import Job
 from canvasd.media.resize import fit_image
-from canvasd.training.eval import PARAPHRASES, concept_ranks, features, generate_many, mean_pairwise, training_bank
+from canvasd.training.eval import (
+    PARAPHRASES, concept_ranks, features, generate_many, resolve_paraphrases, score_paraphrases, training_bank,
+)
 from canvasd.training.sheet import contact_sheet
 from canvasd.training.train_upsampler import reduce_to
 from canvasd.training.trainset import load_arrays, style_phrase
@@ -195,9 +197,7 @@ def evaluate_detail(weights_dir: str | Path, data_dir: str | Path, out_dir: str 
         bank, bank_concept = training_bank(arrays)
         ids = {c["id"]: i for i, c in enumerate(meta["concepts"])}
         target = np.array([ids.get(hi_meta["concepts"][int(c)]["id"], -1) for c in hi["concept"][held]])
-        name_to_id = {c["name"].lower(): i for i, c in enumerate(meta["concepts"])}
-        para = [(p, [name_to_id[n.lower()] for n in ns if n.lower() in name_to_id]) for p, ns in PARAPHRASES]
-        para = [(p, t) for p, t in para if t]
+        para, _ = resolve_paraphrases(PARAPHRASES, meta)
         p_low = generate_many(backend, jobs([p for p, _ in para], seeds, 64))
         p_two = generate_many(backend, jobs([p for p, _ in para], seeds, 1024))
         concepts = {}
@@ -205,16 +205,15 @@ def evaluate_detail(weights_dir: str | Path, data_dir: str | Path, out_dir: str 
                                                                        [reduce_to(np.stack(x), 64) for x in p_two])):
             r = concept_ranks(features(h_imgs), bank, bank_concept)
             ok = target >= 0
-            p_feats = [features(np.stack(imgs)) for imgs in p_imgs]
-            p_hits = [np.isin(concept_ranks(f, bank, bank_concept), t) for (_, t), f in zip(para, p_feats)]
-            # None, not NaN, where a small dataset names none of the paraphrases' concepts
+            # scored as `eval report` scores them; None, not NaN, where a small dataset names none
+            # of the paraphrases' concepts (and no diversity from a single seed)
+            p = score_paraphrases(para, p_imgs, bank, bank_concept, meta) if para else None
             concepts[name] = {
                 "heldout_top1": float((r[ok, 0] == target[ok]).mean()),
                 "heldout_top5": float((r[ok] == target[ok, None]).any(1).mean()),
-                "paraphrase_top1": float(np.mean([h[:, 0].mean() for h in p_hits])) if p_hits else None,
-                "paraphrase_top5": float(np.mean([h.any(1).mean() for h in p_hits])) if p_hits else None,
-                # how different one prompt's seeds are (as `eval report` measures it)
-                "diversity": float(np.mean([mean_pairwise(f) for f in p_feats])) if p_hits and seeds > 1 else None,
+                "paraphrase_top1": p["top1"] if p else None,
+                "paraphrase_top5": p["top5"] if p else None,
+                "diversity": p["diversity_mean"] if p and seeds > 1 else None,
             }
         report["concepts"] = {"heldout_prompts": int((target >= 0).sum()), "paraphrases": len(para), "seeds": seeds,
                               **concepts}

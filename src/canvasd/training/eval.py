@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +118,20 @@ def mean_pairwise(f: np.ndarray) -> float:
     d = torch.cdist(torch.from_numpy(f), torch.from_numpy(f)).numpy()
     n = len(f)
     return float(d[np.triu_indices(n, 1)].mean()) if n > 1 else 0.0
+
+
+def resolve_paraphrases(pairs: Iterable[tuple[str, Iterable[str]]], meta: dict
+                        ) -> tuple[list[tuple[str, list[int]]], list[str]]:
+    """(prompt, concept names) -> (prompt, concept indices in `meta`) for the prompts whose names
+    the dataset has, and the names it lacks."""
+    name_to_id = {c["name"].lower(): i for i, c in enumerate(meta["concepts"])}
+    para, missing = [], []
+    for prompt, names in pairs:
+        ids = [name_to_id[n.lower()] for n in names if n.lower() in name_to_id]
+        missing += [n for n in names if n.lower() not in name_to_id]
+        if ids:
+            para.append((prompt, ids))
+    return para, missing
 
 
 def score_paraphrases(pairs: list[tuple[str, list[int]]], imgs: list[list[np.ndarray]], bank: np.ndarray,
@@ -247,7 +262,6 @@ def evaluate(
     train = arrays["split"] == 0
     bank, bank_concept = training_bank(arrays)
     bank_style = arrays["style"][train].astype(np.int64)
-    name_to_id = {c["name"].lower(): i for i, c in enumerate(meta["concepts"])}
     report: dict = {"weights": str(weights_dir), "quality": quality, "steps": steps, "guidance": g,
                     "train_images": int(train.sum()), "concepts": len(meta["concepts"]),
                     "chance_top1": 1 / len(meta["concepts"]), "feature_space": "thumb16+alpha16+hist64 (see eval.py)"}
@@ -280,12 +294,7 @@ def evaluate(
     # paraphrases x seeds: accuracy and diversity. "paraphrases": the original list (comparable
     # with earlier reports); "paraphrases_heldout": training.paraphrases, re-checked against this
     # dataset's captions so only prompts in words no caption of the target has are scored.
-    para, missing = [], []
-    for prompt, names in PARAPHRASES if paraphrases is None else paraphrases:
-        ids = [name_to_id[n.lower()] for n in names if n.lower() in name_to_id]
-        missing += [n for n in names if n.lower() not in name_to_id]
-        if ids:
-            para.append((prompt, ids))
+    para, missing = resolve_paraphrases(PARAPHRASES if paraphrases is None else paraphrases, meta)
     rand = rng.choice(len(bank), size=min(256, len(bank)), replace=False)
     p_imgs = generate_many(backend, [job(p, 0, n=seeds) for p, _ in para])
     report["paraphrases"] = score_paraphrases(para, p_imgs, bank, bank_concept, meta) | {
